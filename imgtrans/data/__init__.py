@@ -1,0 +1,1 @@
+"""Training datasets and the deterministic sample stream the trainer draws from."""

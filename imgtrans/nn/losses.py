@@ -1,0 +1,41 @@
+"""Adversarial losses (lsgan | vanilla | hinge) and the reconstruction loss."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+GAN_MODES = ("lsgan", "vanilla", "hinge")
+
+
+class GANLoss(nn.Module):
+    """Adversarial loss on a discriminator's logit map.
+
+    `loss(pred, real, for_d)`: `real` says which side the prediction should be pushed to;
+    `for_d` matters only for hinge, whose generator loss is -mean(D(fake)) rather than a margin.
+    Computed in float32 so mixed-precision logits do not lose the loss's precision.
+    """
+
+    def __init__(self, mode: str = "lsgan") -> None:
+        super().__init__()
+        if mode not in GAN_MODES:
+            raise ValueError(f"unknown gan_mode {mode!r}; choose one of {', '.join(GAN_MODES)}")
+        self.mode = mode
+
+    def forward(self, pred: torch.Tensor, real: bool, for_d: bool = True) -> torch.Tensor:
+        pred = pred.float()
+        if self.mode == "lsgan":
+            target = torch.ones_like(pred) if real else torch.zeros_like(pred)
+            return F.mse_loss(pred, target)
+        if self.mode == "vanilla":
+            target = torch.ones_like(pred) if real else torch.zeros_like(pred)
+            return F.binary_cross_entropy_with_logits(pred, target)
+        if not for_d:
+            return -pred.mean() if real else pred.mean()
+        return F.relu(1.0 - pred).mean() if real else F.relu(1.0 + pred).mean()
+
+
+def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error in float32."""
+    return F.l1_loss(a.float(), b.float())

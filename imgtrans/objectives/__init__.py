@@ -1,0 +1,1 @@
+"""Models, one file each, implementing the training core's Objective protocol."""

@@ -1,0 +1,163 @@
+"""CycleGAN (Zhu et al. 2017): two generators, two PatchGANs, adversarial + cycle + identity losses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from imgtrans.data.transforms import CropSpec
+from imgtrans.data.unpaired import UnpairedImages
+from imgtrans.errors import UserError
+from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weights
+from imgtrans.nn.discriminators import PatchArch
+from imgtrans.nn.generators import ResnetArch
+from imgtrans.nn.losses import l1
+from imgtrans.train.objective import Losses, ObjectiveBase, Phase
+from imgtrans.train.pool import ImagePool
+
+# Export names by direction; "G_A"/"G_B" are the reference project's names for the same nets.
+DIRECTIONS = {"AtoB": ("G_AB", "G_A"), "BtoA": ("G_BA", "G_B")}
+
+
+@dataclass(frozen=True)
+class CycleGANConfig:
+    """CycleGAN settings; defaults are the reference project's (ANCHORS.md)."""
+
+    a: str = field(default="", metadata={"cli": "--a", "help": "folder of domain A images (recursive)"})
+    b: str = field(default="", metadata={"cli": "--b", "help": "folder of domain B images (recursive)"})
+    ngf: int = 64
+    ndf: int = 64
+    n_blocks: int = 9
+    n_layers_d: int = 3
+    norm: str = "instance"
+    dropout: bool = False
+    spectral_norm: bool = False
+    gan_mode: str = "lsgan"
+    lambda_cycle: float = 10.0
+    lambda_identity: float = 0.5  # times lambda_cycle, as the reference
+    pool_size: int = 50
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    load_size: int = 0  # 0: crop_size * 286 / 256, the reference ratio
+    crop_size: int = 256
+    flip: bool = True
+    init_gain: float = 0.02
+
+    def crop_spec(self) -> CropSpec:
+        load = self.load_size or int(round(self.crop_size * 286 / 256))
+        return CropSpec(load_size=load, crop_size=self.crop_size, flip=self.flip)
+
+    def generator_arch(self) -> ResnetArch:
+        return ResnetArch(ngf=self.ngf, n_blocks=self.n_blocks, norm=self.norm, dropout=self.dropout)
+
+    def discriminator_arch(self) -> PatchArch:
+        return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm)
+
+
+class CycleGAN(ObjectiveBase):
+    """Unpaired translation between two image folders, both directions at once.
+
+    G_AB: A -> B, G_BA: B -> A; D_A judges domain A images, D_B domain B images.
+    """
+
+    name: ClassVar[str] = "cyclegan"
+    config_class: ClassVar[type] = CycleGANConfig
+
+    def __init__(self, cfg: CycleGANConfig, seed: int = 0) -> None:
+        g, d = cfg.generator_arch(), cfg.discriminator_arch()
+        nets: dict[str, nn.Module] = {
+            "G_AB": ResnetGenerator(g),
+            "G_BA": ResnetGenerator(g),
+            "D_A": PatchDiscriminator(d),
+            "D_B": PatchDiscriminator(d),
+        }
+        for net in nets.values():
+            init_weights(net, cfg.init_gain)
+        super().__init__(nets)
+        self.cfg, self.seed = cfg, seed
+        self.gan = GANLoss(cfg.gan_mode)
+        self.pools = {"A": ImagePool(cfg.pool_size, seed * 2 + 1), "B": ImagePool(cfg.pool_size, seed * 2 + 2)}
+        self._fakes: dict[str, torch.Tensor] = {}
+
+    def tag(self) -> str:
+        """A short run name: the data folders' common parent (e.g. horse2zebra)."""
+        pa, pb = Path(self.cfg.a).resolve().parent, Path(self.cfg.b).resolve().parent
+        return f"{self.name}-{pa.name}" if pa == pb and pa.name else self.name
+
+    def phases(self) -> list[Phase]:
+        betas = (self.cfg.beta1, self.cfg.beta2)
+        return [Phase("G", ("G_AB", "G_BA"), self.cfg.lr, betas), Phase("D", ("D_A", "D_B"), self.cfg.lr, betas)]
+
+    def dataset(self) -> UnpairedImages:
+        if not self.cfg.a or not self.cfg.b:
+            raise UserError("cyclegan needs both domains: pass --a FOLDER and --b FOLDER")
+        return UnpairedImages(self.cfg.a, self.cfg.b, self.cfg.crop_spec(), seed=self.seed)
+
+    def loss(self, phase: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
+        return self._loss_g(batch) if phase == "G" else self._loss_d(batch)
+
+    def _loss_g(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
+        c, n = self.cfg, self.nets
+        real_a, real_b = batch["A"], batch["B"]
+        fake_b, fake_a = n["G_AB"](real_a), n["G_BA"](real_b)
+        rec_a, rec_b = n["G_BA"](fake_b), n["G_AB"](fake_a)
+        terms: Losses = {
+            "G_AB": self.gan(n["D_B"](fake_b), True, for_d=False),
+            "G_BA": self.gan(n["D_A"](fake_a), True, for_d=False),
+            "cycle_A": l1(rec_a, real_a) * c.lambda_cycle,
+            "cycle_B": l1(rec_b, real_b) * c.lambda_cycle,
+        }
+        if c.lambda_identity > 0:
+            w = c.lambda_cycle * c.lambda_identity
+            terms["idt_A"] = l1(n["G_BA"](real_a), real_a) * w
+            terms["idt_B"] = l1(n["G_AB"](real_b), real_b) * w
+        self._fakes = {"A": fake_a.detach().float(), "B": fake_b.detach().float()}
+        total = sum(terms.values())
+        return total, {k: v.detach() for k, v in terms.items()}
+
+    def _loss_d(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
+        terms: Losses = {}
+        for domain in ("A", "B"):
+            d = self.nets[f"D_{domain}"]
+            fake = self.pools[domain].query(self._fakes[domain])
+            terms[f"D_{domain}"] = 0.5 * (self.gan(d(batch[domain]), True) + self.gan(d(fake), False))
+        total = terms["D_A"] + terms["D_B"]
+        return total, {k: v.detach() for k, v in terms.items()}
+
+    def sample(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        n = self.nets
+        fake_b, fake_a = n["G_AB"](batch["A"]), n["G_BA"](batch["B"])
+        return {"real_A": batch["A"], "fake_B": fake_b, "rec_A": n["G_BA"](fake_b),
+                "real_B": batch["B"], "fake_A": fake_a, "rec_B": n["G_AB"](fake_a)}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f"pool_{k}": p.state_dict() for k, p in self.pools.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        device = next(self._nets["G_AB"].parameters()).device
+        for k, p in self.pools.items():
+            p.load_state_dict(state[f"pool_{k}"], device)
+
+    def export(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+        out = {}
+        for direction, (net, official) in DIRECTIONS.items():
+            meta = {
+                "objective": self.name,
+                "network": "resnet_generator",
+                "direction": direction,
+                "official_name": official,
+                "arch": self.cfg.generator_arch().to_dict(),
+                "train_size": self.cfg.crop_size,
+                "data": {"a": self.cfg.a, "b": self.cfg.b},
+            }
+            out[direction] = (self._nets[net].state_dict(), meta)
+        return out
+
+    @classmethod
+    def build_inference(cls, meta: dict[str, Any]) -> nn.Module:
+        return ResnetGenerator(ResnetArch(**meta["arch"]))

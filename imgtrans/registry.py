@@ -1,0 +1,27 @@
+"""Names -> objective classes (drives `imgtrans train NAME` and rebuilding exported networks)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from imgtrans.errors import UserError
+
+# name -> "module:Class". Adding a model = one objective file + one line here.
+OBJECTIVES: dict[str, str] = {
+    "cyclegan": "imgtrans.objectives.cyclegan:CycleGAN",
+}
+
+
+def objective_names() -> list[str]:
+    return sorted(OBJECTIVES)
+
+
+def objective_class(name: str) -> Any:
+    """Import and return the objective class registered as `name`."""
+    try:
+        target = OBJECTIVES[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r}; available: {', '.join(objective_names())}") from None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)

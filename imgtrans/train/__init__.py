@@ -1,0 +1,1 @@
+"""The shared GAN training core: objectives plug into one trainer, runtime and checkpoint format."""

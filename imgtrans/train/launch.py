@@ -1,0 +1,112 @@
+"""Assemble a training run from its config: runtime, seeds, objective, run directory, trainer."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from imgtrans import __version__
+from imgtrans.config import Sections, load_file, merge, to_dict
+from imgtrans.errors import UserError
+from imgtrans.registry import objective_class
+from imgtrans.train.checkpoint import atomic_write
+from imgtrans.train.records import new_run_dir
+from imgtrans.train.runtime import Runtime, init_runtime, seed_everything
+from imgtrans.train.trainer import Trainer, TrainConfig, total_steps
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked for: a model, config layers, and where to write or resume."""
+
+    objective: str
+    values: dict[str, Any]  # merged over the defaults (or the resumed run's config)
+    config_file: str | None = None
+    out: str = "runs"
+    resume: str | None = None
+    dry_run: bool = False
+    quiet: bool = False
+
+
+def default_sections(objective: str) -> Sections:
+    return {"train": TrainConfig(), "model": objective_class(objective).config_class()}
+
+
+def resolve_sections(req: RunRequest) -> Sections:
+    """defaults < resumed run's config.json < --config file < explicit values."""
+    sections = default_sections(req.objective)
+    if req.resume:
+        saved = load_file(Path(req.resume) / "config.json")
+        if saved.get("objective", req.objective) != req.objective:
+            raise UserError(f"{req.resume} is a {saved['objective']!r} run; resume it with "
+                            f"`imgtrans train {saved['objective']} --resume {req.resume}`")
+        sections = merge(sections, {k: saved[k] for k in sections if k in saved})
+    if req.config_file:
+        data = load_file(req.config_file)
+        data.pop("objective", None)
+        sections = merge(sections, data)
+    return merge(sections, req.values)
+
+
+def _describe(req: RunRequest, sections: Sections, objective: Any, dataset: Any, rt: Runtime) -> str:
+    train: TrainConfig = sections["train"]
+    sizes = dataset.sizes() if hasattr(dataset, "sizes") else {"samples": len(dataset)}
+    info = {
+        "objective": req.objective,
+        **to_dict(sections),
+        "dataset": {"sizes": sizes, "epoch_length": len(dataset)},
+        "total_steps": total_steps(train, len(dataset)),
+        "device": str(rt.device),
+        "world_size": rt.world_size,
+    }
+    return json.dumps(info, indent=2)
+
+
+def run(req: RunRequest) -> Path | None:
+    """Train (or resume) and return the run directory; None for a dry run."""
+    sections = resolve_sections(req)
+    train: TrainConfig = sections["train"]
+    rt = init_runtime(train.device, train.amp)
+    try:
+        seed_everything(train.seed, train.deterministic)  # same initial weights on every rank
+        objective = objective_class(req.objective)(sections["model"], seed=train.seed)
+        dataset = objective.dataset()
+        if req.dry_run:
+            if rt.is_main:
+                print(_describe(req, sections, objective, dataset, rt))
+            return None
+        run_dir = _run_dir(req, objective, rt)
+        config = {"objective": req.objective, "imgtrans": __version__, **to_dict(sections)}
+        if rt.is_main:
+            atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))
+        seed_everything(train.seed + rt.rank)  # per-rank streams for dropout and pools
+        trainer = Trainer(objective, train, rt, run_dir, meta={"train": to_dict(sections)["train"]}, quiet=req.quiet)
+        if req.resume:
+            path = trainer.resume(run_dir)
+            if rt.is_main and not req.quiet:
+                print(f"resuming {run_dir} from {path.name} (step {trainer.step}/{trainer.total})", file=sys.stderr)
+            if trainer.step >= trainer.total:
+                raise UserError(f"{run_dir} already finished {trainer.step} steps; pass --steps N (N > "
+                                f"{trainer.step}) to train longer")
+        trainer.fit()
+        if rt.is_main and not req.quiet:
+            print(f"done: {trainer.step} steps; run directory {run_dir}", file=sys.stderr)
+        return run_dir
+    finally:
+        rt.close()
+
+
+def _run_dir(req: RunRequest, objective: Any, rt: Runtime) -> Path:
+    if req.resume:
+        return Path(req.resume)
+    train: TrainConfig = resolve_sections(req)["train"]
+    name = train.name or (objective.tag() if hasattr(objective, "tag") else req.objective)
+    created = str(new_run_dir(req.out, name)) if rt.is_main else None
+    return Path(rt.broadcast(created))
+
+
+def with_values(req: RunRequest, **values: Any) -> RunRequest:
+    return replace(req, values={**req.values, **values})

@@ -1,0 +1,274 @@
+"""The phase loop: optimizers, trainability, LR schedule, guards, cadence and exact resume."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, default_collate
+from tqdm import tqdm
+
+from imgtrans.data.stream import StreamSampler
+from imgtrans.errors import UserError
+from imgtrans.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    save_export,
+    set_rng_state,
+)
+from imgtrans.train.objective import Objective, Phase
+from imgtrans.train.records import StatsLog, save_grid
+from imgtrans.train.runtime import Runtime, frozen_sync
+from imgtrans.train.schedule import lr_factor
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How long and how a model trains; shared by every objective."""
+
+    steps: int = 0  # 0: derive from epochs
+    epochs: float = 200.0  # the reference CycleGAN's 100 constant + 100 decay epochs
+    batch_size: int = 1  # global batch, split evenly over processes
+    decay_start: float = 0.5  # fraction of steps at constant LR before linear decay
+    seed: int = 0
+    deterministic: bool = False
+    amp: str = "off"  # off | bf16 | fp16
+    device: str = "auto"
+    grad_clip: float = 0.0  # max global grad norm per phase; 0 disables
+    max_nonfinite: int = 20  # skipped steps tolerated before stopping
+    log_every: int = 10
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    sample_count: int = 4
+    workers: int = 2
+    name: str = ""
+
+
+class DivergedError(UserError):
+    """Too many steps produced a non-finite loss."""
+
+
+def total_steps(cfg: TrainConfig, epoch_len: int) -> int:
+    if cfg.steps > 0:
+        return cfg.steps
+    return max(1, math.ceil(cfg.epochs * epoch_len / cfg.batch_size))
+
+
+def _params(nets: Iterable[nn.Module]) -> list[nn.Parameter]:
+    return [p for net in nets for p in net.parameters()]
+
+
+class Trainer:
+    """Runs an Objective's phases step by step and keeps the run directory up to date."""
+
+    def __init__(self, objective: Objective, cfg: TrainConfig, runtime: Runtime, run_dir: Path,
+                 meta: dict[str, Any] | None = None, quiet: bool = False) -> None:
+        if cfg.batch_size % runtime.world_size:
+            raise UserError(f"batch_size {cfg.batch_size} does not split over {runtime.world_size} processes; "
+                            "use a multiple of the process count")
+        self.obj, self.cfg, self.rt, self.run_dir = objective, cfg, runtime, run_dir
+        self.meta, self.quiet = meta or {}, quiet
+        self.raw = objective.networks()
+        self.wrapped = {name: runtime.prepare(net) for name, net in self.raw.items()}
+        objective.bind(self.wrapped)
+        self.phases: list[Phase] = objective.phases()
+        self.opts = {p.name: self._optimizer(p) for p in self.phases}
+        self.scalers = {p.name: runtime.grad_scaler() for p in self.phases}
+        self.dataset = objective.dataset()
+        self.total = total_steps(cfg, len(self.dataset))
+        self.step = 0
+        self.nonfinite = 0
+        self.stats = StatsLog(run_dir / "stats.jsonl")
+        self._acc: dict[str, torch.Tensor] = {}
+        self._acc_n = 0
+        self.last_losses: dict[str, float] = {}
+
+    def _optimizer(self, phase: Phase) -> torch.optim.Optimizer:
+        unknown = [n for n in phase.nets if n not in self.raw]
+        if unknown:
+            raise ValueError(f"phase {phase.name} names unknown networks {unknown}")
+        params = _params(self.raw[n] for n in phase.nets)
+        return torch.optim.Adam(params, lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay)
+
+    # ----- state -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything exact resume needs; per-rank parts (RNG, objective) from every rank."""
+        per_rank = self.rt.gather({"rng": rng_state(), "objective": self.obj.state_dict()})
+        return {
+            "step": self.step,
+            "total": self.total,
+            "nonfinite": self.nonfinite,
+            "nets": {n: net.state_dict() for n, net in self.raw.items()},
+            "opts": {n: o.state_dict() for n, o in self.opts.items()},
+            "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
+            "ranks": per_rank,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for name, net in self.raw.items():
+            net.load_state_dict(state["nets"][name])
+        for name, opt in self.opts.items():
+            opt.load_state_dict(state["opts"][name])
+        for name, scaler in self.scalers.items():
+            scaler.load_state_dict(state["scalers"][name])
+        self.step, self.nonfinite = int(state["step"]), int(state["nonfinite"])
+        ranks = state["ranks"]
+        mine = ranks[self.rt.rank % len(ranks)]
+        self.obj.load_state_dict(mine["objective"])
+        set_rng_state(mine["rng"])
+
+    def resume(self, run_dir: Path) -> Path:
+        path = latest_checkpoint(run_dir)
+        self.load_state(load_checkpoint(path))
+        if self.rt.is_main:
+            self.stats.truncate_after(self.step)
+        return path
+
+    # ----- one step ----------------------------------------------------------------------
+    def _set_trainable(self, names: tuple[str, ...]) -> None:
+        for name, net in self.raw.items():
+            net.requires_grad_(name in names)
+
+    def _run_phase(self, phase: Phase, batch: dict[str, torch.Tensor], factor: float) -> bool:
+        """Forward, backward and update one phase; False if its loss was not finite anywhere."""
+        opt, scaler = self.opts[phase.name], self.scalers[phase.name]
+        for group in opt.param_groups:
+            group["lr"] = phase.lr * factor
+        self._set_trainable(phase.nets)
+        opt.zero_grad(set_to_none=True)
+        frozen = [w for n, w in self.wrapped.items() if n not in phase.nets]
+        with frozen_sync(frozen), self.rt.autocast():
+            loss, terms = self.obj.loss(phase.name, batch)
+        finite = self.rt.all_true(bool(torch.isfinite(loss.detach())))
+        if finite or self.rt.distributed:
+            # Under DDP every rank must run backward once it ran forward, even on a NaN
+            # loss, or the gradient reducers of the next step would wait forever.
+            scaler.scale(loss).backward()
+        if not finite:
+            opt.zero_grad(set_to_none=True)
+            return False
+        if self.cfg.grad_clip > 0:
+            scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(_params(self.raw[n] for n in phase.nets), self.cfg.grad_clip)
+        scaler.step(opt)
+        scaler.update()
+        for name, value in terms.items():
+            v = value.detach().float() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+            self._acc[name] = self._acc.get(name, 0.0) + v
+        return True
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> bool:
+        """One step of every due phase; the whole step is skipped at the first non-finite loss."""
+        factor = lr_factor(self.step, self.total, self.cfg.decay_start)
+        for phase in self.phases:
+            if self.step % phase.every:
+                continue
+            if not self._run_phase(phase, batch, factor):
+                self.nonfinite += 1
+                if self.nonfinite > self.cfg.max_nonfinite:
+                    raise DivergedError(
+                        f"training diverged: {self.nonfinite} steps had a non-finite loss (last in phase "
+                        f"{phase.name!r} at step {self.step + 1}); lower the learning rate or set grad_clip, "
+                        "then --resume from the last checkpoint")
+                self.step += 1
+                return False
+        self._acc_n += 1
+        self.step += 1
+        return True
+
+    # ----- cadence -----------------------------------------------------------------------
+    def _due(self, every: int) -> bool:
+        return self.step == self.total or (every > 0 and self.step % every == 0)
+
+    def _log(self, seconds: float, steps: int, bar: tqdm) -> None:
+        losses = {k: float(v) / max(1, self._acc_n) for k, v in self._acc.items()}
+        self._acc, self._acc_n = {}, 0
+        if losses:
+            self.last_losses = losses
+        factor = lr_factor(self.step - 1, self.total, self.cfg.decay_start)
+        record = {
+            "step": self.step,
+            "epoch": round(self.step * self.cfg.batch_size / len(self.dataset), 4),
+            "lr": {p.name: p.lr * factor for p in self.phases},
+            **{f"loss/{k}": round(v, 6) for k, v in losses.items()},
+            "sec_per_step": round(seconds / max(1, steps), 4),
+            "nonfinite_steps": self.nonfinite,
+        }
+        if self.rt.is_main:
+            self.stats.write(record)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()}, refresh=False)
+
+    def _sample_batch(self) -> dict[str, torch.Tensor]:
+        n = max(1, self.cfg.sample_count)
+        return default_collate([self.dataset[k] for k in range(n)])
+
+    def save_samples(self) -> None:
+        if not self.rt.is_main:
+            return
+        # Sample through the raw networks: a rank-0-only call must not enter DDP collectives.
+        self.obj.bind(self.raw)
+        for net in self.raw.values():
+            net.eval()
+        try:
+            with torch.no_grad(), self.rt.autocast():
+                images = self.obj.sample(self.rt.to_device(self._sample_batch()))
+            save_grid(images, self.run_dir / "samples" / f"step-{self.step:08d}.png")
+        finally:
+            for net in self.raw.values():
+                net.train()
+            self.obj.bind(self.wrapped)
+
+    def export(self) -> list[Path]:
+        if not self.rt.is_main:
+            return []
+        paths = []
+        for name, (state, meta) in self.obj.export().items():
+            full = {**self.meta, **meta, "steps": self.step, "last_losses": self.last_losses}
+            paths.append(save_export(self.run_dir / "export", name, state, full))
+        return paths
+
+    def checkpoint(self) -> None:
+        state = self.state()  # collective: every rank contributes its RNG and objective state
+        if self.rt.is_main:
+            save_checkpoint(self.run_dir, self.step, state, self.cfg.keep_checkpoints)
+            self.export()
+        self.rt.barrier()
+
+    # ----- loop --------------------------------------------------------------------------
+    def _loader(self) -> DataLoader:
+        local = self.cfg.batch_size // self.rt.world_size
+        sampler = StreamSampler(self.step, self.total, local, self.rt.rank, self.rt.world_size)
+        workers = self.cfg.workers
+        return DataLoader(self.dataset, batch_size=local, sampler=sampler, num_workers=workers,
+                          pin_memory=self.rt.device.type == "cuda", drop_last=False,
+                          persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+
+    def fit(self) -> Path:
+        """Train from the current step to the total; returns the run directory."""
+        for net in self.raw.values():
+            net.train()
+        bar = tqdm(total=self.total, initial=self.step, disable=self.quiet or not self.rt.is_main,
+                   unit="step", dynamic_ncols=True, desc=self.obj.name)
+        t0, s0 = time.perf_counter(), self.step
+        try:
+            for batch in self._loader():
+                self.train_step(self.rt.to_device(batch))
+                bar.update(1)
+                if self._due(self.cfg.log_every):
+                    self._log(time.perf_counter() - t0, self.step - s0, bar)
+                    t0, s0 = time.perf_counter(), self.step
+                if self._due(self.cfg.sample_every):
+                    self.save_samples()
+                if self._due(self.cfg.checkpoint_every):
+                    self.checkpoint()
+        finally:
+            bar.close()
+        return self.run_dir
