@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ class RunRequest:
     resume: str | None = None
     dry_run: bool = False
     quiet: bool = False
+    until: int | None = None  # stop (with a checkpoint) at this step; resume continues
 
 
 def default_sections(objective: str) -> Sections:
@@ -91,9 +92,10 @@ def run(req: RunRequest) -> Path | None:
             if trainer.step >= trainer.total:
                 raise UserError(f"{run_dir} already finished {trainer.step} steps; pass --steps N (N > "
                                 f"{trainer.step}) to train longer")
-        trainer.fit()
+        finished = trainer.fit(until=req.until)
         if rt.is_main and not req.quiet:
-            print(f"done: {trainer.step} steps; run directory {run_dir}", file=sys.stderr)
+            what = "done" if finished else f"stopped at step {trainer.step}/{trainer.total}; continue with --resume"
+            print(f"{what}: run directory {run_dir}", file=sys.stderr)
         return run_dir
     finally:
         rt.close()
@@ -106,7 +108,3 @@ def _run_dir(req: RunRequest, objective: Any, rt: Runtime) -> Path:
     name = train.name or (objective.tag() if hasattr(objective, "tag") else req.objective)
     created = str(new_run_dir(req.out, name)) if rt.is_main else None
     return Path(rt.broadcast(created))
-
-
-def with_values(req: RunRequest, **values: Any) -> RunRequest:
-    return replace(req, values={**req.values, **values})

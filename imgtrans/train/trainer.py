@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -49,6 +50,7 @@ class TrainConfig:
     keep_checkpoints: int = 2
     sample_count: int = 4
     workers: int = 2
+    time_limit: float = 0.0  # minutes; checkpoint and stop cleanly after this long (0: no limit)
     name: str = ""
 
 
@@ -64,6 +66,16 @@ def total_steps(cfg: TrainConfig, epoch_len: int) -> int:
 
 def _params(nets: Iterable[nn.Module]) -> list[nn.Parameter]:
     return [p for net in nets for p in net.parameters()]
+
+
+def fingerprint(nets: dict[str, nn.Module]) -> str:
+    """sha256 of every parameter and buffer, bit for bit: equal across ranks when in sync."""
+    h = hashlib.sha256()
+    for name in sorted(nets):
+        for key, t in sorted(nets[name].state_dict().items()):
+            h.update(f"{name}.{key}".encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 class Trainer:
@@ -87,7 +99,7 @@ class Trainer:
         self.step = 0
         self.nonfinite = 0
         self.stats = StatsLog(run_dir / "stats.jsonl")
-        self._acc: dict[str, torch.Tensor] = {}
+        self._acc: dict[str, torch.Tensor] = {}  # loss sums since the last log line
         self._acc_n = 0
         self.last_losses: dict[str, float] = {}
 
@@ -101,11 +113,16 @@ class Trainer:
     # ----- state -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Everything exact resume needs; per-rank parts (RNG, objective) from every rank."""
-        per_rank = self.rt.gather({"rng": rng_state(), "objective": self.obj.state_dict()})
+        per_rank = self.rt.gather({"rng": rng_state(), "objective": self.obj.state_dict(),
+                                   "fingerprint": fingerprint(self.raw)})
+        if len({r["fingerprint"] for r in per_rank}) > 1:
+            raise RuntimeError(f"processes out of sync at step {self.step}: network parameters differ "
+                               "between ranks; every network must be called through its DDP wrapper")
         return {
             "step": self.step,
             "total": self.total,
             "nonfinite": self.nonfinite,
+            "log_window": {"sums": {k: v.cpu() for k, v in self._acc.items()}, "n": self._acc_n},
             "nets": {n: net.state_dict() for n, net in self.raw.items()},
             "opts": {n: o.state_dict() for n, o in self.opts.items()},
             "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
@@ -120,6 +137,9 @@ class Trainer:
         for name, scaler in self.scalers.items():
             scaler.load_state_dict(state["scalers"][name])
         self.step, self.nonfinite = int(state["step"]), int(state["nonfinite"])
+        window = state["log_window"]
+        self._acc = {k: v.to(self.rt.device) for k, v in window["sums"].items()}
+        self._acc_n = int(window["n"])
         ranks = state["ranks"]
         mine = ranks[self.rt.rank % len(ranks)]
         self.obj.load_state_dict(mine["objective"])
@@ -249,14 +269,29 @@ class Trainer:
         workers = self.cfg.workers
         return DataLoader(self.dataset, batch_size=local, sampler=sampler, num_workers=workers,
                           pin_memory=self.rt.device.type == "cuda", drop_last=False,
-                          persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+                          persistent_workers=False, prefetch_factor=4 if workers > 0 else None,
+                          # Its own generator: starting an iterator must not draw from the global
+                          # RNG, or a resumed run's dropout stream would shift by one draw.
+                          generator=torch.Generator().manual_seed(self.cfg.seed + self.step))
 
-    def fit(self) -> Path:
-        """Train from the current step to the total; returns the run directory."""
+    def _out_of_time(self, started: float) -> bool:
+        if self.cfg.time_limit <= 0:
+            return False
+        # Every rank must stop at the same step, so the decision is agreed on.
+        return not self.rt.all_true(time.monotonic() - started < self.cfg.time_limit * 60)
+
+    def fit(self, until: int | None = None) -> bool:
+        """Train from the current step to the total (or to `until`, or the time limit).
+
+        Returns True when training reached its total; False when it stopped early, in which
+        case a checkpoint of the stopping step was written and `--resume` continues exactly.
+        """
+        stop_at = min(self.total, until) if until else self.total
         for net in self.raw.values():
             net.train()
         bar = tqdm(total=self.total, initial=self.step, disable=self.quiet or not self.rt.is_main,
                    unit="step", dynamic_ncols=True, desc=self.obj.name)
+        started = time.monotonic()
         t0, s0 = time.perf_counter(), self.step
         try:
             for batch in self._loader():
@@ -267,8 +302,11 @@ class Trainer:
                     t0, s0 = time.perf_counter(), self.step
                 if self._due(self.cfg.sample_every):
                     self.save_samples()
-                if self._due(self.cfg.checkpoint_every):
+                early = self.step >= stop_at or self._out_of_time(started)
+                if self._due(self.cfg.checkpoint_every) or (early and self.step < self.total):
                     self.checkpoint()
+                if early:
+                    break
         finally:
             bar.close()
-        return self.run_dir
+        return self.step >= self.total

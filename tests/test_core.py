@@ -1,0 +1,239 @@
+"""Training core with a minimal objective: phases, trainability, schedule, pool, guard, runtime."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from imgtrans.errors import UserError
+from imgtrans.train.objective import Objective, ObjectiveBase, Phase
+from imgtrans.train.pool import ImagePool
+from imgtrans.train.runtime import Runtime, init_runtime, select_device
+from imgtrans.train.schedule import lr_factor
+from imgtrans.train.trainer import DivergedError, Trainer, TrainConfig, total_steps
+
+
+class Points(Dataset):
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        g = torch.Generator().manual_seed(k)
+        return {"x": torch.randn(1, 4, 4, generator=g)}
+
+
+class Toy(ObjectiveBase):
+    """G maps noise to images, D scores them; records what the trainer does during each phase."""
+
+    name = "toy"
+
+    def __init__(self, nan_steps: set[int] | None = None, every_d: int = 1) -> None:
+        super().__init__({"G": nn.Conv2d(1, 1, 1), "D": nn.Conv2d(1, 1, 1)})
+        self.calls: list[tuple[str, bool, bool]] = []
+        self.nan_steps, self.every_d, self.n = nan_steps or set(), every_d, 0
+
+    def phases(self) -> list[Phase]:
+        return [Phase("G", ("G",), 0.1), Phase("D", ("D",), 0.1, every=self.every_d)]
+
+    def dataset(self) -> Dataset:
+        return Points()
+
+    def loss(self, phase: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        g, d = self._nets["G"], self._nets["D"]
+        self.calls.append((phase, g.weight.requires_grad, d.weight.requires_grad))
+        self.n += 1
+        score = self.nets["D"](self.nets["G"](batch["x"])).mean()
+        loss = -score if phase == "G" else score
+        if phase == "G" and (self.n - 1) in self.nan_steps:
+            loss = loss * float("nan")
+        return loss, {phase: loss.detach()}
+
+    def sample(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {"x": batch["x"], "y": self.nets["G"](batch["x"])}
+
+    def export(self) -> dict[str, Any]:
+        return {"G": (self._nets["G"].state_dict(), {"objective": "toy"})}
+
+    @classmethod
+    def build_inference(cls, meta: dict[str, Any]) -> nn.Module:
+        return nn.Conv2d(1, 1, 1)
+
+
+def make_trainer(tmp_path: Path, obj: Toy, **cfg: Any) -> Trainer:
+    for sub in ("samples", "checkpoints", "export"):
+        (tmp_path / sub).mkdir(exist_ok=True)
+    settings = {"steps": 4, "workers": 0, "log_every": 1, "sample_every": 0, "checkpoint_every": 0, **cfg}
+    return Trainer(obj, TrainConfig(**settings), Runtime(torch.device("cpu")), tmp_path, quiet=True)
+
+
+def test_toy_satisfies_protocol() -> None:
+    assert isinstance(Toy(), Objective)
+
+
+def test_phases_run_in_order_with_only_their_nets_trainable(tmp_path: Path) -> None:
+    obj = Toy()
+    g0, d0 = obj._nets["G"].weight.clone(), obj._nets["D"].weight.clone()
+    make_trainer(tmp_path, obj).fit()
+    assert obj.calls == [("G", True, False), ("D", False, True)] * 4
+    assert not torch.equal(obj._nets["G"].weight, g0) and not torch.equal(obj._nets["D"].weight, d0)
+
+
+def test_each_phase_updates_only_its_own_networks(tmp_path: Path) -> None:
+    obj = Toy()
+    trainer = make_trainer(tmp_path, obj, steps=1)
+    d_before = obj._nets["D"].weight.clone()
+    trainer._run_phase(trainer.phases[0], {"x": torch.randn(1, 1, 4, 4)}, 1.0)
+    assert torch.equal(obj._nets["D"].weight, d_before)  # D got no gradient step in phase G
+
+
+def test_phase_every_skips_steps(tmp_path: Path) -> None:
+    obj = Toy(every_d=2)
+    make_trainer(tmp_path, obj).fit()
+    assert [c[0] for c in obj.calls] == ["G", "D", "G", "G", "D", "G"]
+
+
+def test_lr_follows_schedule_each_step(tmp_path: Path) -> None:
+    obj = Toy()
+    trainer = make_trainer(tmp_path, obj, steps=4, decay_start=0.5)
+    seen = []
+    for _ in range(4):
+        trainer.train_step({"x": torch.randn(1, 1, 4, 4)})
+        seen.append(trainer.opts["G"].param_groups[0]["lr"])
+    assert seen == pytest.approx([0.1, 0.1, 0.1, 0.05])
+
+
+def test_stats_samples_and_export_written(tmp_path: Path) -> None:
+    import json
+
+    trainer = make_trainer(tmp_path, Toy(), steps=4, log_every=2, sample_every=2, checkpoint_every=4)
+    trainer.fit()
+    lines = [json.loads(x) for x in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2, 4]
+    assert {"loss/G", "loss/D", "lr", "sec_per_step"} <= set(lines[0])
+    assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step-00000002.png", "step-00000004.png"]
+    assert (tmp_path / "checkpoints" / "step-00000004.pt").exists()
+    assert (tmp_path / "export" / "G.safetensors").exists() and (tmp_path / "export" / "G.json").exists()
+
+
+def test_nonfinite_loss_skips_the_whole_step(tmp_path: Path) -> None:
+    obj = Toy(nan_steps={2})  # the second G call (step 2) is NaN
+    trainer = make_trainer(tmp_path, obj, steps=3, max_nonfinite=5)
+    trainer.fit()
+    assert trainer.nonfinite == 1 and trainer.step == 3
+    # Step 2 ran G only (D skipped with the step); steps 1 and 3 ran both.
+    assert [c[0] for c in obj.calls] == ["G", "D", "G", "G", "D"]
+    assert all(torch.isfinite(p).all() for net in obj.networks().values() for p in net.parameters())
+
+
+def test_too_many_nonfinite_losses_stop_with_clear_error(tmp_path: Path) -> None:
+    obj = Toy(nan_steps=set(range(100)))  # every G call is NaN
+    trainer = make_trainer(tmp_path, obj, steps=10, max_nonfinite=3)
+    with pytest.raises(DivergedError, match="non-finite loss.*lower the learning rate"):
+        trainer.fit()
+    assert trainer.nonfinite == 4
+
+
+def test_grad_clip_bounds_update(tmp_path: Path) -> None:
+    obj = Toy()
+    trainer = make_trainer(tmp_path, obj, steps=1, grad_clip=1e-3)
+    w0 = obj._nets["G"].weight.clone()
+    big = {"x": torch.full((1, 1, 4, 4), 1e4)}
+    trainer._run_phase(trainer.phases[0], big, 1.0)
+    # Adam's first step moves each weight by ~lr regardless of scale; clipping must keep grads finite.
+    assert torch.isfinite(obj._nets["G"].weight).all()
+    assert (obj._nets["G"].weight - w0).abs().max().item() == pytest.approx(0.1, rel=0.01)
+
+
+def test_total_steps_from_epochs() -> None:
+    assert total_steps(TrainConfig(steps=0, epochs=2, batch_size=3), epoch_len=10) == 7
+    assert total_steps(TrainConfig(steps=5, epochs=2), epoch_len=10) == 5
+
+
+def test_fit_until_stops_early_with_checkpoint(tmp_path: Path) -> None:
+    trainer = make_trainer(tmp_path, Toy(), steps=6)
+    assert trainer.fit(until=2) is False
+    assert trainer.step == 2 and (tmp_path / "checkpoints" / "step-00000002.pt").exists()
+
+
+# ----- schedule -------------------------------------------------------------------------
+
+def test_schedule_constant_then_linear_decay() -> None:
+    factors = [lr_factor(s, 10, 0.5) for s in range(10)]
+    assert factors[:5] == [1.0] * 5
+    assert factors[5:] == pytest.approx([1.0, 0.8, 0.6, 0.4, 0.2])
+    assert all(a >= b for a, b in zip(factors, factors[1:]))
+
+
+def test_schedule_reference_shape_200_epochs() -> None:
+    # 100 constant + 100 decaying epochs (one step per epoch here): last epoch keeps 1/100.
+    assert lr_factor(99, 200, 0.5) == 1.0
+    assert lr_factor(100, 200, 0.5) == 1.0
+    assert lr_factor(199, 200, 0.5) == pytest.approx(0.01)
+
+
+def test_schedule_no_decay() -> None:
+    assert lr_factor(9, 10, 1.0) == 1.0
+
+
+# ----- image pool ------------------------------------------------------------------------
+
+def test_pool_fills_then_mixes_history() -> None:
+    pool = ImagePool(3, seed=0)
+    first = torch.arange(3.0).view(3, 1, 1, 1)
+    assert torch.equal(pool.query(first), first)  # filling: returned as is
+    returned = torch.cat([pool.query(torch.full((1, 1, 1, 1), 10.0 + i)) for i in range(40)])
+    values = set(returned.flatten().tolist())
+    assert values & {0.0, 1.0, 2.0} or values & {10.0 + i for i in range(39)}  # older images come back
+    assert any(v != 10.0 + i for i, v in enumerate(returned.flatten().tolist()))
+    assert len(pool.images) == 3
+
+
+def test_pool_zero_passes_through() -> None:
+    x = torch.randn(2, 3, 4, 4)
+    assert ImagePool(0).query(x) is x
+
+
+def test_pool_state_round_trip_reproduces_future() -> None:
+    a = ImagePool(2, seed=5)
+    for i in range(4):
+        a.query(torch.full((1, 1, 2, 2), float(i)))
+    b = ImagePool(2, seed=99)
+    b.load_state_dict(a.state_dict())
+    xs = [torch.full((1, 1, 2, 2), 100.0 + i) for i in range(10)]
+    assert all(torch.equal(a.query(x), b.query(x)) for x in xs)
+
+
+# ----- runtime ---------------------------------------------------------------------------
+
+def test_device_selection() -> None:
+    assert select_device("cpu").type == "cpu"
+    auto = select_device("auto")
+    assert auto.type == ("cuda" if torch.cuda.is_available() else auto.type)
+    with pytest.raises(UserError, match="--device"):
+        select_device("potato")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="CUDA is not available"):
+            select_device("cuda")
+
+
+def test_runtime_rejects_bad_amp() -> None:
+    with pytest.raises(UserError, match="amp"):
+        init_runtime("cpu", "fp8")
+    with pytest.raises(UserError, match="fp16 needs a GPU"):
+        init_runtime("cpu", "fp16")
+
+
+def test_bf16_autocast_trains_on_cpu(tmp_path: Path) -> None:
+    obj = Toy()
+    trainer = Trainer(obj, TrainConfig(steps=2, workers=0, log_every=1, sample_every=0, checkpoint_every=0),
+                      Runtime(torch.device("cpu"), amp="bf16"), tmp_path, quiet=True)
+    with trainer.rt.autocast():
+        y = obj.nets["G"](torch.randn(1, 1, 4, 4))
+    assert y.dtype == torch.bfloat16
+    trainer.fit()
+    assert trainer.step == 2 and obj._nets["G"].weight.dtype == torch.float32

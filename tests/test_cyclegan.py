@@ -1,0 +1,206 @@
+"""CycleGAN on the training core: outputs, exact resume, export round trip, CLI behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from conftest import TINY, data_root
+from imgtrans.objectives.cyclegan import CycleGAN
+from imgtrans.train.checkpoint import latest_checkpoint, load_checkpoint, load_export
+from imgtrans.train.launch import RunRequest, run
+
+
+def request(a: Path, b: Path, out: Path, **values: Any) -> RunRequest:
+    merged = {**TINY, "model.a": str(a), "model.b": str(b), **values}
+    return RunRequest(objective="cyclegan", values=merged, out=str(out), quiet=True)
+
+
+def final_nets(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
+    return load_checkpoint(latest_checkpoint(run_dir))["nets"]
+
+
+def assert_nets_close(x: dict, y: dict, atol: float) -> None:
+    assert x.keys() == y.keys()
+    for net in x:
+        for k in x[net]:
+            diff = (x[net][k].float() - y[net][k].float()).abs().max().item()
+            assert diff <= atol, f"{net}.{k} differs by {diff}"
+
+
+def test_run_writes_every_output(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = domains
+    run_dir = run(request(a, b, tmp_path / "runs", **{"train.steps": 4, "train.sample_every": 2,
+                                                      "train.checkpoint_every": 2}))
+    assert run_dir is not None and run_dir.name == "00000-cyclegan-data"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["objective"] == "cyclegan" and config["model"]["ngf"] == 8 and config["train"]["steps"] == 4
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in stats] == [2, 4]
+    assert all(k in stats[-1] for k in ("loss/G_AB", "loss/cycle_A", "loss/idt_B", "loss/D_A", "lr"))
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["step-00000002.png", "step-00000004.png"]
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step-00000002.pt", "step-00000004.pt"]
+    for direction, net in (("AtoB", "G_AB"), ("BtoA", "G_BA")):
+        state, meta = load_export(run_dir / "export" / f"{direction}.safetensors")
+        assert meta["direction"] == direction and meta["steps"] == 4 and meta["train_size"] == 32
+        assert meta["arch"] == {"in_channels": 3, "out_channels": 3, "ngf": 8, "n_blocks": 2,
+                                "norm": "instance", "dropout": False}
+        assert meta["data"] == {"a": str(a), "b": str(b)} and "G_AB" in meta["last_losses"]
+        assert json.loads((run_dir / "export" / f"{direction}.json").read_text()) == meta
+        ckpt = final_nets(run_dir)[net]
+        assert all(torch.equal(state[k], ckpt[k]) for k in state)
+
+
+def test_export_rebuilds_the_trained_generator(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = domains
+    run_dir = run(request(a, b, tmp_path / "runs", **{"train.steps": 2}))
+    state, meta = load_export(run_dir / "export" / "AtoB.safetensors")
+    g = CycleGAN.build_inference(meta)
+    g.load_state_dict(state, strict=True)
+    trained = CycleGAN(CycleGAN.config_class(ngf=8, n_blocks=2))._nets["G_AB"]
+    trained.load_state_dict(final_nets(run_dir)["G_AB"])
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(g(x), trained(x))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_matches_uninterrupted_run(domains: tuple[Path, Path], tmp_path: Path, workers: int) -> None:
+    """N steps straight == N/2, stop, resume, N/2 (pool, dropout RNG, Adam, schedule restored)."""
+    a, b = domains
+    cfg = {"train.steps": 6, "train.deterministic": True, "train.workers": workers,
+           "model.pool_size": 2, "model.dropout": True, "train.batch_size": 2}
+    straight = run(request(a, b, tmp_path / "one", **cfg))
+    first = run(RunRequest(**{**request(a, b, tmp_path / "two", **cfg).__dict__, "until": 3}))
+    assert [s for s, _ in [(int(p.stem[5:]), p) for p in (first / "checkpoints").iterdir()]] == [3]
+    resumed = run(RunRequest(objective="cyclegan", values={}, resume=str(first), quiet=True))
+    assert resumed == first
+    assert_nets_close(final_nets(straight), final_nets(resumed), atol=1e-6)
+    s1 = (straight / "stats.jsonl").read_text().splitlines()
+    s2 = (resumed / "stats.jsonl").read_text().splitlines()
+    assert [json.loads(x)["loss/G_AB"] for x in s1] == pytest.approx([json.loads(x)["loss/G_AB"] for x in s2])
+
+
+def test_resume_drops_stats_past_the_checkpoint(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = domains
+    run_dir = run(RunRequest(**{**request(a, b, tmp_path, **{"train.steps": 8}).__dict__, "until": 4}))
+    with (run_dir / "stats.jsonl").open("a") as f:  # as if it crashed after logging step 6
+        f.write(json.dumps({"step": 6, "loss/G_AB": 1.0}) + "\n")
+    run(RunRequest(objective="cyclegan", values={}, resume=str(run_dir), quiet=True))
+    steps = [json.loads(x)["step"] for x in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8]
+
+
+def test_changed_settings_apply_on_resume(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = domains
+    run_dir = run(request(a, b, tmp_path, **{"train.steps": 2}))
+    run(RunRequest(objective="cyclegan", values={"train.steps": 4}, resume=str(run_dir), quiet=True))
+    assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 4
+
+
+# ----- CLI --------------------------------------------------------------------------------
+
+
+
+def cli_run(args: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "imgtrans", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env, timeout=300)
+
+
+def tiny_sets() -> list[str]:
+    out = []
+    for k, v in TINY.items():
+        out += ["--set", f"{k}={v}"]
+    return out
+
+
+def test_cli_train_and_resume(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = domains
+    p = cli_run(["train", "cyclegan", "--a", str(a), "--b", str(b), "--out", str(tmp_path / "runs"),
+                 "--steps", "2", *tiny_sets()])
+    assert p.returncode == 0, p.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert (run_dir / "export" / "AtoB.safetensors").exists()
+    p = cli_run(["train", "cyclegan", "--resume", str(run_dir), "--steps", "4", "-q"])
+    assert p.returncode == 0, p.stderr
+    assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 4
+    p = cli_run(["train", "cyclegan", "--resume", str(run_dir), "-q"])
+    assert p.returncode == 2 and "already finished 4 steps" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_cli_dry_run_prints_config_and_sizes(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = domains
+    p = cli_run(["train", "cyclegan", "--a", str(a), "--b", str(b), "--out", str(tmp_path / "runs"),
+                 "--epochs", "2", "--set", "crop_size=32", "--set", "model.ngf=16", "--dry-run"])
+    assert p.returncode == 0, p.stderr
+    info = json.loads(p.stdout)
+    assert info["dataset"]["sizes"] == {"A": 6, "B": 5} and info["total_steps"] == 12
+    assert info["model"]["ngf"] == 16 and info["model"]["crop_size"] == 32
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_config_file_layers_under_set(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = domains
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"model": {"ngf": 12, "n_blocks": 3}, "train": {"seed": 7}}))
+    p = cli_run(["train", "cyclegan", "--a", str(a), "--b", str(b), "--config", str(cfg),
+                 "--set", "ngf=20", "--dry-run"])
+    info = json.loads(p.stdout)
+    assert (info["model"]["ngf"], info["model"]["n_blocks"], info["train"]["seed"]) == (20, 3, 7)
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unknown_key", "bad_value", "no_b", "all_bad"])
+def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Path], tmp_path: Path) -> None:
+    a, b = domains
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "x.jpg").write_bytes(b"")
+    (bad / "y.png").write_text("not an image")
+    args = {
+        "missing": ["--a", str(tmp_path / "nope"), "--b", str(b)],
+        "empty": ["--a", str(empty), "--b", str(b)],
+        "unknown_key": ["--a", str(a), "--b", str(b), "--set", "crop=3"],
+        "bad_value": ["--a", str(a), "--b", str(b), "--set", "ngf=many"],
+        "no_b": ["--a", str(a)],
+        "all_bad": ["--a", str(bad), "--b", str(b)],
+    }[case]
+    p = cli_run(["train", "cyclegan", *args, "--out", str(tmp_path / "runs"), "--dry-run"])
+    expected = {"missing": "nope: folder not found", "empty": "no readable images",
+                "unknown_key": "unknown setting 'crop'", "bad_value": "cannot read 'many' as int",
+                "no_b": "pass --a FOLDER and --b FOLDER", "all_bad": "no readable images"}[case]
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr
+    errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and expected in errors[0], p.stderr
+
+
+def test_python_m_and_version() -> None:
+    p = cli_run(["--version"])
+    assert p.returncode == 0 and "imgtrans" in p.stdout
+
+
+@pytest.mark.data
+def test_horse2zebra_acceptance_command(tmp_path: Path) -> None:
+    """The issue's acceptance run on the real data: 20 steps, then --resume continues it."""
+    root = data_root() / "horse2zebra"
+    p = cli_run(["train", "cyclegan", "--a", str(root / "trainA"), "--b", str(root / "trainB"),
+                 "--out", str(tmp_path / "runs"), "--steps", "20", "--set", "crop_size=64", "--set", "ngf=8", "-q"])
+    assert p.returncode == 0, p.stderr
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert run_dir.name.endswith("cyclegan-horse2zebra")
+    for rel in ("config.json", "stats.jsonl", "samples/step-00000020.png", "checkpoints/step-00000020.pt",
+                "export/AtoB.safetensors", "export/BtoA.json"):
+        assert (run_dir / rel).exists(), rel
+    p = cli_run(["train", "cyclegan", "--resume", str(run_dir), "--steps", "24", "-q"])
+    assert p.returncode == 0, p.stderr
+    assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 24

@@ -1,0 +1,125 @@
+"""Networks and losses: official CycleGAN layout, PatchGAN shapes, GAN loss modes, init."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weights
+from imgtrans.nn.losses import l1
+
+KEYS = Path(__file__).resolve().parents[1] / "tests" / "official_resnet9_keys.txt"
+
+
+def official_layout() -> dict[str, tuple[int, ...]]:
+    rows = [line.split() for line in KEYS.read_text().splitlines() if line.strip()]
+    return {k: tuple(int(x) for x in shape.split("x")) for k, shape in rows}
+
+
+def test_generator_matches_official_keys_and_shapes() -> None:
+    g = ResnetGenerator(ngf=64, n_blocks=9)
+    mine = {k: tuple(v.shape) for k, v in g.state_dict().items()}
+    assert mine == official_layout()
+
+
+def test_official_state_dict_loads_strictly_and_is_used() -> None:
+    torch.manual_seed(0)
+    sd = {k: torch.randn(shape) * 0.02 for k, shape in official_layout().items()}
+    g = ResnetGenerator(ngf=64, n_blocks=9)
+    g.load_state_dict(sd, strict=True)
+    assert torch.equal(g.state_dict()["model.26.weight"], sd["model.26.weight"])
+    out = g(torch.zeros(1, 3, 32, 32))
+    assert out.shape == (1, 3, 32, 32)
+
+
+def test_dropout_variant_shifts_second_conv_like_the_reference() -> None:
+    keys = ResnetGenerator(ngf=8, n_blocks=1, dropout=True).state_dict().keys()
+    assert "model.10.conv_block.6.weight" in keys and "model.10.conv_block.5.weight" not in keys
+
+
+@pytest.mark.parametrize("size", [(32, 32), (36, 44)])
+def test_generator_keeps_size_for_multiples_of_stride(size: tuple[int, int]) -> None:
+    g = ResnetGenerator(ngf=8, n_blocks=2, in_channels=4, out_channels=3)
+    y = g(torch.randn(2, 4, *size))
+    assert y.shape == (2, 3, *size)
+    assert y.abs().max() <= 1.0
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch", "none"])
+def test_generator_norms_build_and_run(norm: str) -> None:
+    g = ResnetGenerator(ngf=8, n_blocks=1, norm=norm)
+    assert g(torch.randn(2, 3, 16, 16)).shape == (2, 3, 16, 16)
+    has_bn = any(isinstance(m, torch.nn.BatchNorm2d) for m in g.modules())
+    assert has_bn == (norm == "batch")
+
+
+def test_unknown_norm_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown norm"):
+        ResnetGenerator(ngf=8, norm="group")
+
+
+def test_patchgan_70px_receptive_layout() -> None:
+    d = PatchDiscriminator(ndf=64, n_layers=3)
+    assert d(torch.zeros(1, 3, 256, 256)).shape == (1, 1, 30, 30)
+    assert d(torch.zeros(1, 3, 128, 128)).shape == (1, 1, 14, 14)
+
+
+def test_patchgan_spectral_norm_bounds_weights() -> None:
+    torch.manual_seed(0)
+    d = init_weights(PatchDiscriminator(ndf=8, n_layers=2, norm="none", spectral_norm=True))
+    assert any("parametrizations" in k for k in d.state_dict())
+    for _ in range(5):  # power iterations converge over forward passes
+        d(torch.randn(2, 3, 32, 32))
+    d.eval()
+    conv = d.model[0]
+    sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2).item()
+    assert sigma == pytest.approx(1.0, abs=0.1)
+
+
+def test_init_weights_is_normal_002_with_zero_bias() -> None:
+    torch.manual_seed(0)
+    g = init_weights(ResnetGenerator(ngf=16, n_blocks=2), gain=0.02)
+    w = g.model[1].weight
+    assert w.std().item() == pytest.approx(0.02, rel=0.15)
+    assert torch.count_nonzero(g.model[1].bias) == 0
+
+
+def test_lsgan_loss_values() -> None:
+    loss = GANLoss("lsgan")
+    pred = torch.full((2, 1, 4, 4), 0.5)
+    assert loss(pred, True).item() == pytest.approx(0.25)
+    assert loss(pred, False).item() == pytest.approx(0.25)
+    assert loss(torch.ones(1, 1, 2, 2), True).item() == 0.0
+
+
+def test_vanilla_loss_values() -> None:
+    loss = GANLoss("vanilla")
+    zero = torch.zeros(1, 1, 3, 3)
+    assert loss(zero, True).item() == pytest.approx(0.6931, abs=1e-4)
+    assert loss(torch.full((1, 1, 1, 1), 20.0), True).item() < 1e-6
+    assert loss(torch.full((1, 1, 1, 1), 20.0), False).item() == pytest.approx(20.0, abs=1e-4)
+
+
+def test_hinge_loss_values() -> None:
+    loss = GANLoss("hinge")
+    pred = torch.tensor([[-2.0, 0.5, 3.0]])
+    # D: real pushes above +1, fake below -1; G: maximise D(fake).
+    assert loss(pred, True).item() == pytest.approx((3.0 + 0.5 + 0.0) / 3)
+    assert loss(pred, False).item() == pytest.approx((0.0 + 1.5 + 4.0) / 3)
+    assert loss(pred, True, for_d=False).item() == pytest.approx(-0.5)
+
+
+def test_gan_loss_is_float32_under_bf16_inputs() -> None:
+    pred = torch.full((1, 1, 2, 2), 0.5, dtype=torch.bfloat16)
+    assert GANLoss("lsgan")(pred, True).dtype == torch.float32
+
+
+def test_unknown_gan_mode() -> None:
+    with pytest.raises(ValueError, match="gan_mode"):
+        GANLoss("wgan")
+
+
+def test_l1() -> None:
+    assert l1(torch.zeros(2, 3), torch.full((2, 3), -0.5)).item() == pytest.approx(0.5)
