@@ -89,19 +89,25 @@ def _train_command(name: str) -> click.Command:
     return click.Command(name, params=params, callback=callback, help=f"Train {name}: {doc}")
 
 
-def main() -> None:
-    """Entry point: user errors become one line on stderr and exit code 2."""
+def run_cli(argv: list[str] | None = None) -> int:
+    """Run the CLI and return its exit code; user errors become one line on stderr (code 2)."""
     try:
-        cli.main(standalone_mode=False)
+        cli.main(args=argv, prog_name="imgtrans", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
-        sys.exit(130)
+        return 130
     except KeyboardInterrupt:
         click.echo("interrupted; continue a training run with --resume RUN_DIR", err=True)
-        sys.exit(130)
+        return 130
     except click.ClickException as e:
         e.show()
-        sys.exit(e.exit_code)
+        return e.exit_code
     except UserError as e:
         click.echo(f"error: {e}", err=True)
-        sys.exit(2)
+        return 2
+    return 0
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(run_cli())

@@ -43,10 +43,13 @@ def coerce(value: Any, typ: Any, key: str) -> Any:
             if text in _TRUE | _FALSE:
                 return text in _TRUE
             raise ValueError(value)
+        if typ in (int, float) and isinstance(value, bool):
+            raise ValueError(value)  # JSON true/false is not a number
         if typ is int:
-            if isinstance(value, float) and not value.is_integer():
+            number = float(value) if isinstance(value, str) and "e" in value.lower() else value
+            if isinstance(number, float) and not number.is_integer():
                 raise ValueError(value)
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+            return int(number)
         if typ is float:
             return float(value)
         if typ is str:
@@ -107,7 +110,7 @@ def load_file(path: str | Path) -> dict[str, Any]:
         data = json.loads(p.read_text())
     except FileNotFoundError:
         raise UserError(f"{p}: config file not found") from None
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise UserError(f"{p}: not a readable JSON config ({e}); write it as the run's config.json") from None
     if not isinstance(data, dict):
         raise UserError(f"{p}: a config file must hold a JSON object")
@@ -115,5 +118,5 @@ def load_file(path: str | Path) -> dict[str, Any]:
 
 
 def to_dict(sections: Sections) -> dict[str, Any]:
-    """Sections as plain JSON-ready dicts (tuples become lists)."""
+    """Sections as plain dicts, ready for json.dumps."""
     return {name: dataclasses.asdict(inst) for name, inst in sections.items()}

@@ -41,7 +41,8 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode to 8-bit RGB; alpha is composited away, 16-bit is scaled, CMYK converted."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I"):
         arr = np.asarray(img, dtype=np.float64)
-        peak = 65535.0 if arr.max() > 255 else 255.0
+        # 16-bit modes declare their depth; 32-bit "I" (e.g. from some PNG/TIFF writers) does not.
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
         img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
     if img.mode == "P":
         img = img.convert("RGBA")
@@ -62,7 +63,7 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 if img.width * img.height > max_pixels:
-                    raise ImageReadError(f"{img.width}x{img.height} is over the {max_pixels // 1_000_000} MP limit")
+                    raise ImageReadError(f"{img.width}x{img.height} is over the limit of {max_pixels:,} pixels")
                 img.load()
                 img = ImageOps.exif_transpose(img)
                 return _to_rgb(img)

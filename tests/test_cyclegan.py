@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import TINY, data_root
+from imgtrans.cli import run_cli
 from imgtrans.objectives.cyclegan import CycleGAN
 from imgtrans.train.checkpoint import latest_checkpoint, load_checkpoint, load_export
 from imgtrans.train.launch import RunRequest, run
@@ -136,10 +137,18 @@ def test_cli_train_and_resume(domains: tuple[Path, Path], tmp_path: Path) -> Non
     assert p.returncode == 2 and "already finished 4 steps" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_cli_dry_run_prints_config_and_sizes(domains: tuple[Path, Path], tmp_path: Path) -> None:
+def in_process(args: list[str], capsys: pytest.CaptureFixture) -> subprocess.CompletedProcess:
+    """The same entry point as the console script, without paying a Python start-up per test."""
+    code = run_cli(args)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def test_cli_dry_run_prints_config_and_sizes(domains: tuple[Path, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
     a, b = domains
-    p = cli_run(["train", "cyclegan", "--a", str(a), "--b", str(b), "--out", str(tmp_path / "runs"),
-                 "--epochs", "2", "--set", "crop_size=32", "--set", "model.ngf=16", "--dry-run"])
+    p = in_process(["train", "cyclegan", "--a", str(a), "--b", str(b), "--out", str(tmp_path / "runs"),
+                 "--epochs", "2", "--set", "crop_size=32", "--set", "model.ngf=16", "--dry-run"], capsys)
     assert p.returncode == 0, p.stderr
     info = json.loads(p.stdout)
     assert info["dataset"]["sizes"] == {"A": 6, "B": 5} and info["total_steps"] == 12
@@ -147,18 +156,20 @@ def test_cli_dry_run_prints_config_and_sizes(domains: tuple[Path, Path], tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
-def test_cli_config_file_layers_under_set(domains: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cli_config_file_layers_under_set(domains: tuple[Path, Path], tmp_path: Path,
+                                          capsys: pytest.CaptureFixture) -> None:
     a, b = domains
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({"model": {"ngf": 12, "n_blocks": 3}, "train": {"seed": 7}}))
-    p = cli_run(["train", "cyclegan", "--a", str(a), "--b", str(b), "--config", str(cfg),
-                 "--set", "ngf=20", "--dry-run"])
+    p = in_process(["train", "cyclegan", "--a", str(a), "--b", str(b), "--config", str(cfg),
+                 "--set", "ngf=20", "--dry-run"], capsys)
     info = json.loads(p.stdout)
     assert (info["model"]["ngf"], info["model"]["n_blocks"], info["train"]["seed"]) == (20, 3, 7)
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unknown_key", "bad_value", "no_b", "all_bad"])
-def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Path], tmp_path: Path) -> None:
+def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Path], tmp_path: Path,
+                                             capsys: pytest.CaptureFixture) -> None:
     a, b = domains
     empty = tmp_path / "empty"
     empty.mkdir()
@@ -174,7 +185,7 @@ def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Pat
         "no_b": ["--a", str(a)],
         "all_bad": ["--a", str(bad), "--b", str(b)],
     }[case]
-    p = cli_run(["train", "cyclegan", *args, "--out", str(tmp_path / "runs"), "--dry-run"])
+    p = in_process(["train", "cyclegan", *args, "--out", str(tmp_path / "runs"), "--dry-run"], capsys)
     expected = {"missing": "nope: folder not found", "empty": "no readable images",
                 "unknown_key": "unknown setting 'crop'", "bad_value": "cannot read 'many' as int",
                 "no_b": "pass --a FOLDER and --b FOLDER", "all_bad": "no readable images"}[case]

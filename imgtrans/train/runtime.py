@@ -114,6 +114,14 @@ class Runtime:
         dist.all_reduce(t, op=dist.ReduceOp.MIN)
         return bool(t.item() > 0.5)
 
+    def mean(self, values: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Scalars averaged over ranks (so logged losses cover the global batch)."""
+        if not self.distributed or not values:
+            return values
+        t = torch.stack([v.to(self.device).float().reshape(()) for v in values])
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return list(t.div_(self.world_size).unbind())
+
     def broadcast(self, obj: Any) -> Any:
         """Rank 0's value of `obj` on every rank."""
         if not self.distributed:

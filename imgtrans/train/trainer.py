@@ -209,7 +209,8 @@ class Trainer:
         return self.step == self.total or (every > 0 and self.step % every == 0)
 
     def _log(self, seconds: float, steps: int, bar: tqdm) -> None:
-        losses = {k: float(v) / max(1, self._acc_n) for k, v in self._acc.items()}
+        sums = {k: v / max(1, self._acc_n) for k, v in sorted(self._acc.items())}
+        losses = {k: float(v) for k, v in zip(sums, self.rt.mean(list(sums.values())))}
         self._acc, self._acc_n = {}, 0
         if losses:
             self.last_losses = losses
