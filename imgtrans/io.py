@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -15,6 +18,22 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff
 
 # Refuse decompression bombs: 200 MP is far beyond any camera photo yet bounded in memory.
 MAX_PIXELS = 200_000_000
+
+
+def atomic_write(path: Path, write: Callable[[str], object], fsync: bool = True) -> None:
+    """Call `write(tmp_path)` then rename over `path`, so a crash never leaves a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        if fsync:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 class ImageReadError(Exception):
@@ -37,44 +56,15 @@ def list_images(folder: str | Path, recursive: bool = True) -> list[Path]:
     return sorted(found)
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode to 8-bit RGB; alpha is composited away, 16-bit is scaled, CMYK converted."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        # 16-bit modes declare their depth; 32-bit "I" (e.g. from some PNG/TIFF writers) does not.
-        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
-    if img.mode == "P":
-        img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA"):
-        base = Image.new("RGB", img.size, (255, 255, 255))
-        base.paste(img.convert("RGBA"), mask=img.convert("RGBA").getchannel("A"))
-        return base
-    return img.convert("RGB")
-
-
 def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Decode `path` fully as an upright RGB image or raise ImageReadError."""
-    p = Path(path)
-    try:
-        if p.stat().st_size == 0:
-            raise ImageReadError("empty file")
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(p) as img:
-                if img.width * img.height > max_pixels:
-                    raise ImageReadError(f"{img.width}x{img.height} is over the limit of {max_pixels:,} pixels")
-                img.load()
-                img = ImageOps.exif_transpose(img)
-                return _to_rgb(img)
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageReadError("not an image PIL can read") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(f"too many pixels ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"unreadable ({e})") from None
+    """Decode `path` as an upright RGB image (alpha composited on white) or raise ImageReadError."""
+    photo = read_photo(path, max_pixels)
+    img = Image.fromarray(photo.rgb)
+    if photo.alpha is None:
+        return img
+    base = Image.new("RGB", img.size, (255, 255, 255))
+    base.paste(img, mask=Image.fromarray(photo.alpha))
+    return base
 
 
 def probe(path: str | Path) -> str | None:
@@ -90,3 +80,109 @@ def probe(path: str | Path) -> str | None:
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         return f"unreadable ({e})"
     return None
+
+
+# ----- full-fidelity reading and writing for inference ------------------------------------
+
+_ALPHA_MODES = ("RGBA", "LA", "PA", "RGBa", "La")
+_FORMATS = {"jpg": ("JPEG", ".jpg"), "png": ("PNG", ".png")}
+_EXT_FORMAT = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".bmp": "BMP",
+               ".tif": "TIFF", ".tiff": "TIFF", ".ppm": "PPM", ".pgm": "PPM", ".gif": "PNG"}
+
+
+@dataclass
+class Photo:
+    """A decoded photo ready for a network: upright 8-bit RGB, plus what the output should keep."""
+
+    rgb: np.ndarray  # HxWx3 uint8, EXIF orientation applied
+    alpha: np.ndarray | None = None  # HxW uint8, reattached to the output
+    exif: bytes | None = None  # with the orientation reset, since pixels are now upright
+    icc: bytes | None = None  # only when it describes RGB pixels
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.rgb.shape[1], self.rgb.shape[0]
+
+
+def _eight_bit(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    if img.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(img) * 255.0 + 0.5, 0, 255).astype(np.uint8))
+    return img
+
+
+def read_photo(path: str | Path, max_pixels: int = MAX_PIXELS) -> Photo:
+    """Decode `path` keeping alpha, EXIF and an RGB ICC profile; raise ImageReadError if unusable."""
+    p = Path(path)
+    try:
+        if p.stat().st_size == 0:
+            raise ImageReadError("empty file")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                if img.width * img.height > max_pixels:
+                    raise ImageReadError(f"{img.width}x{img.height} is over the limit of {max_pixels:,} pixels")
+                img.load()
+                icc = img.info.get("icc_profile") if img.mode in ("RGB", "RGBA", "P") else None
+                upright = ImageOps.exif_transpose(img)
+                exif = upright.getexif()
+                exif_bytes = exif.tobytes() if len(exif) else None
+                return _split(_eight_bit(upright), exif_bytes, icc)
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError("not an image PIL can read") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageReadError(f"too many pixels ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"unreadable ({e})") from None
+
+
+def _split(img: Image.Image, exif: bytes | None, icc: bytes | None) -> Photo:
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    alpha = None
+    if img.mode in _ALPHA_MODES:
+        rgba = img.convert("RGBA")
+        alpha = np.asarray(rgba.getchannel("A")).copy()
+        if alpha.min() == 255:
+            alpha = None  # fully opaque: nothing to keep
+        img = rgba.convert("RGB")
+    return Photo(rgb=np.asarray(img.convert("RGB")).copy(), alpha=alpha, exif=exif, icc=icc)
+
+
+def output_format(src: Path, fmt: str) -> tuple[str, str]:
+    """(PIL format, extension) for an output: 'jpg', 'png', or 'same' as the input."""
+    if fmt in _FORMATS:
+        return _FORMATS[fmt]
+    ext = src.suffix.lower()
+    if ext == ".gif":
+        return "PNG", ".png"  # animated/paletted output would lose the translation's colours
+    return _EXT_FORMAT.get(ext, "PNG"), src.suffix
+
+
+def write_photo(path: Path, photo: Photo, pil_format: str, quality: int = 95) -> None:
+    """Write atomically (temp file + rename): an interrupted run never leaves a half image
+    that a resumed run would then skip as done."""
+    img = Image.fromarray(photo.rgb)
+    if photo.alpha is not None:
+        if pil_format in ("JPEG", "BMP", "PPM"):
+            # No alpha channel in these formats: composite on white, as a viewer would show it.
+            base = Image.new("RGB", img.size, (255, 255, 255))
+            base.paste(img, mask=Image.fromarray(photo.alpha))
+            img = base
+        else:
+            img.putalpha(Image.fromarray(photo.alpha))
+    options: dict = {}
+    if photo.icc and pil_format in ("JPEG", "PNG", "WEBP", "TIFF"):
+        options["icc_profile"] = photo.icc
+    if photo.exif and pil_format in ("JPEG", "PNG", "WEBP", "TIFF"):
+        options["exif"] = photo.exif
+    if pil_format in ("JPEG", "WEBP"):
+        options["quality"] = quality
+    if pil_format == "JPEG":
+        options["subsampling"] = 0 if quality >= 90 else 2
+    atomic_write(path, lambda tmp: img.save(tmp, format=pil_format, **options), fsync=False)

@@ -12,7 +12,7 @@ from imgtrans import __version__
 from imgtrans.config import Sections, load_file, merge, to_dict
 from imgtrans.errors import UserError
 from imgtrans.registry import objective_class
-from imgtrans.train.checkpoint import atomic_write
+from imgtrans.io import atomic_write
 from imgtrans.train.records import new_run_dir
 from imgtrans.train.runtime import Runtime, init_runtime, seed_everything
 from imgtrans.train.trainer import Trainer, TrainConfig, total_steps

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid, save_image
 
-from imgtrans.train.checkpoint import atomic_write
+from imgtrans.io import atomic_write
 
 RUN_RE = re.compile(r"^(\d{5})-")
 
