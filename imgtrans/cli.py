@@ -89,6 +89,106 @@ def _train_command(name: str) -> click.Command:
     return click.Command(name, params=params, callback=callback, help=f"Train {name}: {doc}")
 
 
+def _parse_size(text: str | None, meta: dict[str, Any]) -> int:
+    if not text:
+        return 0
+    if text == "train":
+        size = int(meta.get("train_size") or 0)
+        if not size:
+            raise UserError("--size train: these weights do not record a training size; pass a number")
+        return size
+    if not text.isdigit() or int(text) < 8:
+        raise UserError(f"--size {text!r}: give a short side in pixels (>= 8) or 'train'")
+    return int(text)
+
+
+@cli.command()
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.argument("output_path", metavar="OUTPUT", type=click.Path())
+@click.option("-m", "--model", help="a shipped or imported model name (see `imgtrans weights list`)")
+@click.option("--weights", type=click.Path(), help="weights file, training run folder, checkpoint or official .pth")
+@click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), help="which generator of a two-way model")
+@click.option("--size", metavar="N|train", help="run at this short side (or the training size), resize back")
+@click.option("--tile", type=click.IntRange(min=0), default=0, help="tile side for large images (0: automatic)")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
+@click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png"]), default="same", show_default=True)
+@click.option("--overwrite", is_flag=True, help="replace existing outputs (default: skip them, so runs resume)")
+@click.option("--recursive/--no-recursive", default=True, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="no progress bar")
+def translate(input_path: str, output_path: str, model: str | None, weights: str | None, direction: str | None,
+              size: str | None, tile: int, batch_size: int, device: str, fmt: str, overwrite: bool,
+              recursive: bool, quiet: bool) -> None:
+    """Translate a photo or a folder of photos (mirrored into OUTPUT) with a model."""
+    from tqdm import tqdm
+
+    from imgtrans.pipelines.folders import plan
+    from imgtrans.pipelines.translate import TranslateConfig, Translator
+    from imgtrans.weights import load_generator
+
+    if bool(model) == bool(weights):
+        raise UserError("pass exactly one of -m NAME or --weights PATH")
+    work = plan(input_path, output_path, fmt, recursive, overwrite)  # check paths before loading
+    loaded = load_generator(model or weights, direction)
+    config = TranslateConfig(size=_parse_size(size, loaded.meta), tile=tile, batch_size=batch_size)
+    translator = Translator(loaded.net, loaded.meta, device=device, config=config)
+    with tqdm(total=len(work.jobs), unit="img", disable=quiet or not work.jobs, dynamic_ncols=True) as bar:
+        report = translator.translate_folder(input_path, output_path, jobs=work.jobs, progress=bar.update)
+    report.skipped = work.skipped
+    rate = len(report.converted) / report.seconds if report.seconds > 0 else 0.0
+    click.echo(f"converted {len(report.converted)}, skipped {len(report.skipped)} (already done), "
+               f"failed {len(report.failed)} in {report.seconds:.1f} s ({rate:.2f} images/s) -> {output_path}",
+               err=True)
+    for path, reason in report.failed:
+        click.echo(f"  failed: {path}: {reason}", err=True)
+    if report.failed:
+        raise SystemExit(1)
+
+
+@cli.group()
+def weights() -> None:
+    """List, inspect and import model weights."""
+
+
+@weights.command("list")
+def weights_list() -> None:
+    """Models found in weights/ and the user cache (IMGTRANS_HOME)."""
+    from imgtrans.weights import list_models
+
+    models = list_models()
+    if not models:
+        click.echo("no models installed yet; translate with --weights PATH or `imgtrans weights import`")
+        return
+    click.echo(f"{'name':<18} {'direction':<9} {'size':>9}  {'train px':>8}  location")
+    for m in models:
+        mb = f"{m.get('size_bytes', 0) / 1e6:.1f} MB"
+        click.echo(f"{m['name']:<18} {m.get('direction', ''):<9} {mb:>9}  {m.get('train_size', ''):>8}  "
+                   f"{m.get('location', '')}")
+
+
+@weights.command("info")
+@click.argument("name")
+def weights_info(name: str) -> None:
+    """Everything the manifest records about NAME."""
+    import json
+
+    from imgtrans.weights import model_info
+
+    click.echo(json.dumps(model_info(name), indent=2))
+
+
+@weights.command("import")
+@click.argument("path", type=click.Path())
+@click.option("--name", required=True, help="name to use with -m")
+@click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), help="which generator of a two-way model")
+def weights_import(path: str, name: str, direction: str | None) -> None:
+    """Convert weights (official .pth, our export, run folder or checkpoint) into the user cache."""
+    from imgtrans.weights import import_weights
+
+    out = import_weights(path, name, direction)
+    click.echo(f"imported {path} as {name!r} -> {out}")
+
+
 def run_cli(argv: list[str] | None = None) -> int:
     """Run the CLI and return its exit code; user errors become one line on stderr (code 2)."""
     try:
@@ -102,6 +202,8 @@ def run_cli(argv: list[str] | None = None) -> int:
     except click.ClickException as e:
         e.show()
         return e.exit_code
+    except SystemExit as e:  # a command's own exit code (e.g. 1 when some files failed)
+        return int(e.code or 0)
     except UserError as e:
         click.echo(f"error: {e}", err=True)
         return 2

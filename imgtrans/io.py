@@ -20,6 +20,10 @@ IMAGE_EXTS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff
 MAX_PIXELS = 200_000_000
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write: Callable[[str], object], fsync: bool = True) -> None:
     """Call `write(tmp_path)` then rename over `path`, so a crash never leaves a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -30,6 +34,7 @@ def atomic_write(path: Path, write: Callable[[str], object], fsync: bool = True)
         if fsync:
             with open(tmp, "rb") as f:
                 os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -154,6 +159,11 @@ def _split(img: Image.Image, exif: bytes | None, icc: bytes | None) -> Photo:
     return Photo(rgb=np.asarray(img.convert("RGB")).copy(), alpha=alpha, exif=exif, icc=icc)
 
 
+def format_for_ext(ext: str) -> str:
+    """PIL format that writes files with extension `ext` (PNG when unknown)."""
+    return _EXT_FORMAT.get(ext.lower(), "PNG")
+
+
 def output_format(src: Path, fmt: str) -> tuple[str, str]:
     """(PIL format, extension) for an output: 'jpg', 'png', or 'same' as the input."""
     if fmt in _FORMATS:
@@ -161,7 +171,7 @@ def output_format(src: Path, fmt: str) -> tuple[str, str]:
     ext = src.suffix.lower()
     if ext == ".gif":
         return "PNG", ".png"  # animated/paletted output would lose the translation's colours
-    return _EXT_FORMAT.get(ext, "PNG"), src.suffix
+    return format_for_ext(ext), src.suffix
 
 
 def write_photo(path: Path, photo: Photo, pil_format: str, quality: int = 95) -> None:
