@@ -15,12 +15,14 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 # Until shipped weights exist (see weights/README.md), the demo trains a tiny CycleGAN
-# photos <-> textures on samples/ for a few steps and shows where its outputs went.
+# photos <-> textures on samples/ for a few steps, then translates samples/photos with it.
 demo: $(STAMP)
 	$(BIN)/imgtrans train cyclegan --a samples/photos --b samples/textures --out runs/demo \
 		--steps 40 --set crop_size=64 --set ngf=8 --set ndf=16 --set n_blocks=3 \
 		--set sample_every=20 --set checkpoint_every=20 --set name=demo
-	@echo "Sample grids (real | translated | reconstructed):"; ls -1 runs/demo/*/samples/*.png | tail -n 2
+	$(BIN)/imgtrans translate samples/photos runs/demo-translated --overwrite \
+		--weights "$$(ls -d runs/demo/*-demo | tail -n 1)"
+	@echo "Training grids: $$(ls -d runs/demo/*-demo | tail -n 1)/samples/  Translated photos: runs/demo-translated/"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

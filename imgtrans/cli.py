@@ -161,7 +161,7 @@ def weights_list() -> None:
         return
     click.echo(f"{'name':<18} {'direction':<9} {'size':>9}  {'train px':>8}  location")
     for m in models:
-        mb = f"{m.get('size_bytes', 0) / 1e6:.1f} MB"
+        mb = f"{(m.get('size') or 0) / 1e6:.1f} MB" if m.get('size') is not None else "missing"
         click.echo(f"{m['name']:<18} {m.get('direction', ''):<9} {mb:>9}  {m.get('train_size', ''):>8}  "
                    f"{m.get('location', '')}")
 

@@ -271,3 +271,24 @@ def test_jpeg_quality_and_bytes_readable(net: ResnetGenerator, tmp_path: Path) -
     data = (tmp_path / "out" / "a.jpg").read_bytes()
     assert Image.open(io.BytesIO(data)).format == "JPEG"
     assert (tmp_path / "out" / "a.jpg").stat().st_mode & 0o044  # readable by others, like any saved file
+
+
+def test_cli_weights_import_list_info_then_translate_by_name(net: ResnetGenerator, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setenv("IMGTRANS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IMGTRANS_WEIGHTS", str(tmp_path / "shipped"))
+    assert run_cli(["weights", "list"]) == 0
+    assert "no models installed yet" in capsys.readouterr().out
+    torch.save(net.state_dict(), tmp_path / "latest_net_G_A.pth")
+    assert run_cli(["weights", "import", str(tmp_path / "latest_net_G_A.pth"), "--name", "toy2toy"]) == 0
+    capsys.readouterr()
+    assert run_cli(["weights", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "toy2toy" in listing and "MB" in listing
+    assert run_cli(["weights", "info", "toy2toy"]) == 0
+    assert '"sha256"' in capsys.readouterr().out
+    Image.fromarray(photo(20, 24)).save(tmp_path / "a.png")
+    assert run_cli(["translate", str(tmp_path / "a.png"), str(tmp_path / "o"), "-m", "toy2toy", "-q"]) == 0
+    expected = Translator(net, device="cpu")(photo(20, 24))
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "o" / "a.png")), expected)
