@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -44,7 +45,7 @@ def _data_options(name: str) -> list[click.Option]:
         flag = f.metadata.get("cli")
         if flag:
             opts.append(click.Option([flag, f.name], default=None, help=f.metadata.get("help", ""),
-                                     type=click.Path(file_okay=False)))
+                                     type=click.Path()))
     return opts
 
 
@@ -135,6 +136,11 @@ def translate(input_path: str, output_path: str, model: str | None, weights: str
     with tqdm(total=len(work.jobs), unit="img", disable=quiet or not work.jobs, dynamic_ncols=True) as bar:
         report = translator.translate_folder(input_path, output_path, jobs=work.jobs, progress=bar.update)
     report.skipped = work.skipped
+    _summarise(report, output_path)
+
+
+def _summarise(report: Any, output_path: str) -> None:
+    """The closing lines of a folder run; exit code 1 when any file failed."""
     rate = len(report.converted) / report.seconds if report.seconds > 0 else 0.0
     click.echo(f"converted {len(report.converted)}, skipped {len(report.skipped)} (already done), "
                f"failed {len(report.failed)} in {report.seconds:.1f} s ({rate:.2f} images/s) -> {output_path}",
@@ -143,6 +149,53 @@ def translate(input_path: str, output_path: str, model: str | None, weights: str
         click.echo(f"  failed: {path}: {reason}", err=True)
     if report.failed:
         raise SystemExit(1)
+
+
+@cli.command("open-eyes")
+@click.argument("input_path", metavar="INPUT", type=click.Path())
+@click.argument("output_path", metavar="OUTPUT", type=click.Path())
+@click.option("--reference", type=click.Path(), help="open-eye photo (or folder) of the same people, as exemplar")
+@click.option("--all", "all_faces", is_flag=True, help="in-paint every face, not only those with closed eyes")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="an eye whose p(open) is below this is treated as closed")
+@click.option("--weights", default="eyes", show_default=True, help="in-painter: model name, export or run folder")
+@click.option("--classifier", default="eyestate", show_default=True, help="eye-state model: name, export or run folder")
+@click.option("--blend", type=click.Choice(["seamless", "feather"]), default="seamless", show_default=True)
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="write the per-photo report as JSON")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png"]), default="same", show_default=True)
+@click.option("--overwrite", is_flag=True)
+@click.option("--recursive/--no-recursive", default=True, show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+def open_eyes(input_path: str, output_path: str, reference: str | None, all_faces: bool, threshold: float,
+              weights: str, classifier: str, blend: str, report_path: str | None, device: str, fmt: str,
+              overwrite: bool, recursive: bool, quiet: bool) -> None:
+    """Open closed eyes in a photo or a folder of photos (mirrored into OUTPUT)."""
+    import json
+
+    from tqdm import tqdm
+
+    from imgtrans.faces.detect import DetectConfig, MTCNNDetector
+    from imgtrans.faces.eyestate import load_eyestate
+    from imgtrans.faces.inpaint import load_inpainter
+    from imgtrans.io import atomic_write
+    from imgtrans.pipelines.eyes import EyeConfig, EyeOpener
+    from imgtrans.pipelines.folders import plan
+
+    work = plan(input_path, output_path, fmt, recursive, overwrite)  # check paths before loading
+    opener = EyeOpener(MTCNNDetector(DetectConfig(device=device)), load_eyestate(classifier),
+                       load_inpainter(weights, device=device),
+                       EyeConfig(threshold=threshold, all_faces=all_faces, blend=blend))
+    with tqdm(total=len(work.jobs), unit="img", disable=quiet or not work.jobs, dynamic_ncols=True) as bar:
+        report, photos = opener.open_folder(input_path, output_path, fmt, recursive, overwrite, reference,
+                                            progress=bar.update)
+    faces = sum(p["faces"] for p in photos.values())
+    fixed = sum(p["fixed"] for p in photos.values())
+    click.echo(f"{faces} faces found, {fixed} fixed", err=True)
+    if report_path:
+        text = json.dumps({"photos": photos, "failed": {str(p): r for p, r in report.failed}}, indent=2)
+        atomic_write(Path(report_path), lambda tmp: Path(tmp).write_text(text + "\n"), fsync=False)
+    _summarise(report, output_path)
 
 
 @cli.group()

@@ -65,3 +65,17 @@ def plan(src: str | Path, dst: str | Path, fmt: str = "same", recursive: bool = 
         else:
             out.jobs.append(Job(f, target, pil_format))
     return out
+
+
+@dataclass
+class FolderReport:
+    """What a folder run did; `failed` holds (input, reason)."""
+
+    converted: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed

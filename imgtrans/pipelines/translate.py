@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from imgtrans.io import MAX_PIXELS, ImageReadError, Photo, read_photo, write_photo
-from imgtrans.pipelines.folders import Job, plan
+from imgtrans.pipelines.folders import FolderReport, Job, plan
 from imgtrans.tiling import needs_tiling, run_padded, run_tiled
 from imgtrans.train.runtime import select_device
 
@@ -34,20 +34,6 @@ class TranslateConfig:
     batch_size: int = 4  # same-size images per forward pass
     max_pixels: int = MAX_PIXELS
     quality: int = 95
-
-
-@dataclass
-class FolderReport:
-    """What a folder run did; `failed` holds (input, reason)."""
-
-    converted: list[Path] = field(default_factory=list)
-    skipped: list[Path] = field(default_factory=list)
-    failed: list[tuple[Path, str]] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return not self.failed
 
 
 def to_input(rgb: np.ndarray) -> torch.Tensor:

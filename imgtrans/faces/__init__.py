@@ -1,0 +1,1 @@
+"""Faces: detection, landmarks, alignment, eye masks and eye state."""
