@@ -1,0 +1,1 @@
+"""Offline quality measures for trained models: domain judges, feature-space distances, reports."""

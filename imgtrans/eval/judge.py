@@ -1,0 +1,190 @@
+"""The domain judge: a small CNN telling domain A (0) from B (1), its loading and its training entry point."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import cv2
+import numpy as np
+import torch
+from torch import nn
+
+from imgtrans.errors import UserError
+
+EXPORT_NAME = "judge"
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
+_ACCEPTED = "a judge run folder, its export/judge.safetensors or a model name"
+
+
+@dataclass(frozen=True)
+class JudgeArch:
+    """JudgeNet's shape: channels of the first stage (then 2x, 4x, 8x)."""
+
+    width: int = 32
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class JudgeNet(nn.Module):
+    """(N, 3, S, S) images in [-1, 1] -> (N,) logits that the image belongs to domain B.
+
+    Four stride-2 convs (a 4x4 stem to `width`, then 3x3 to 2w, 4w, 8w) with leaky ReLUs, global
+    average pooling to `features` (N, 8w) and a linear head: about 63 MMAC per 128 px image at
+    width 32. No normalisation layers: batches can be tiny, and per-image normalisation would
+    remove the colour statistics that often tell domains apart.
+    """
+
+    def __init__(self, arch: JudgeArch = JudgeArch()) -> None:
+        super().__init__()
+        w = arch.width
+        layers: list[nn.Module] = [nn.Conv2d(3, w, 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        for cin, cout in ((w, 2 * w), (2 * w, 4 * w), (4 * w, 8 * w)):
+            layers += [nn.Conv2d(cin, cout, 3, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(8 * w, 1)
+        self.num_features = 8 * w
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)).squeeze(1)
+
+
+def build_net(meta: Mapping[str, Any]) -> JudgeNet:
+    """The network an export's metadata describes (weights not loaded)."""
+    return JudgeNet(JudgeArch(**meta["arch"]))
+
+
+def judge_view(rgb: np.ndarray, size: int) -> np.ndarray:
+    """A whole HxWx3 uint8 image squeezed to size x size, as the judge sees it at evaluation."""
+    if rgb.shape[:2] == (size, size):
+        return rgb
+    # INTER_AREA averages when shrinking (no aliasing); training crops are resized the same way.
+    return cv2.resize(np.ascontiguousarray(rgb), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def views_to_tensor(views: Sequence[np.ndarray]) -> torch.Tensor:
+    """Same-size HxWx3 uint8 arrays -> Nx3xHxW float in [-1, 1]."""
+    x = torch.from_numpy(np.stack([np.asarray(v, np.uint8) for v in views]))
+    return x.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """Per image: the probability of domain B and the judge's feature vector."""
+
+    p_b: np.ndarray  # (N,)
+    features: np.ndarray  # (N, F) float64
+
+
+class DomainJudge:
+    """A trained JudgeNet plus the input size it was trained at."""
+
+    def __init__(self, net: JudgeNet, meta: dict[str, Any], source: str = "", batch_size: int = 64) -> None:
+        self.net, self.meta, self.source, self.batch_size = net, meta, source, batch_size
+        self.size = int(meta.get("size") or 128)
+
+    def to(self, device: str | torch.device) -> "DomainJudge":
+        self.net.to(device)
+        return self
+
+    @torch.inference_mode()
+    def judge(self, rgbs: Sequence[np.ndarray]) -> Judgement:
+        """Judge HxWx3 uint8 images of any sizes (each squeezed to the judge's size)."""
+        self.net.eval()
+        device = next(self.net.parameters()).device
+        probs, feats = [], []
+        for i in range(0, len(rgbs), self.batch_size):
+            x = views_to_tensor([judge_view(r, self.size) for r in rgbs[i:i + self.batch_size]]).to(device)
+            f = self.net.features(x)
+            probs.append(torch.sigmoid(self.net.head(f).squeeze(1)).float().cpu())
+            feats.append(f.double().cpu())
+        if not probs:
+            return Judgement(np.zeros(0), np.zeros((0, self.net.num_features)))
+        return Judgement(torch.cat(probs).numpy(), torch.cat(feats).numpy())
+
+
+# ----- loading -----------------------------------------------------------------------------
+def _from_export(path: Path) -> DomainJudge:
+    from imgtrans.train.checkpoint import load_export
+
+    state, meta = load_export(path)
+    if meta.get("objective") != "judge":
+        found = meta.get("objective") or "no imgtrans metadata"
+        raise UserError(f"{path}: not domain-judge weights (objective: {found}); pass a judge export "
+                        "(train one with `imgtrans eval train-judge`)")
+    try:
+        net = build_net(meta)
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (KeyError, TypeError, RuntimeError) as e:
+        reason = str(e).splitlines()[0]
+        raise UserError(f"{path}: weights do not fit their recorded architecture ({reason}); re-export them") from None
+    return DomainJudge(net.float().eval(), meta, str(path))
+
+
+def _from_name(name: str) -> DomainJudge:
+    from imgtrans.weights import model_info, sha256_file
+
+    entry = model_info(name)
+    path = Path(entry["path"])
+    if entry.get("size") is None:
+        raise UserError(f"{path}: file of model {name!r} is missing; restore it or retrain the judge")
+    expected = entry.get("sha256")
+    if not expected:
+        raise UserError(f"{entry['location']}/manifest.json: model {name!r} has no sha256; add it "
+                        "(imgtrans.weights.sha256_file) so the file can be verified")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise UserError(f"{path}: sha256 {actual[:12]}... does not match the manifest ({expected[:12]}...); "
+                        "the file is damaged or was replaced: restore it")
+    judge = _from_export(path)
+    judge.meta = {**judge.meta, "name": name}
+    judge.source = f"{name} ({path})"
+    return judge
+
+
+def load_judge(name_or_path: str | Path) -> DomainJudge:
+    """A domain judge from a judge run folder, its .safetensors export or a manifest model name."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        exported = path / "export" / f"{EXPORT_NAME}.safetensors"
+        if not exported.is_file():
+            raise UserError(f"{path}: no export/{exported.name} in this folder; pass {_ACCEPTED}")
+        return _from_export(exported)
+    if path.is_file():
+        return _from_export(path)
+    text = str(name_or_path)
+    if os.sep in text or "/" in text or text.endswith(".safetensors") or not _NAME_RE.match(text):
+        raise UserError(f"{text}: file not found; pass {_ACCEPTED}")
+    return _from_name(text)
+
+
+# ----- training ----------------------------------------------------------------------------
+def train_judge(a: str | Path, b: str | Path, out: str | Path = "runs", steps: int = 1000, size: int = 128,
+                width: int = 32, batch_size: int = 16, device: str = "auto", seed: int = 0,
+                quiet: bool = False, extra: Mapping[str, Any] | None = None) -> Path:
+    """Train a judge on folders `a` (label 0) and `b` (label 1); returns the run folder.
+
+    Each step sees `batch_size` crops of each domain. The run's eval.json holds the held-out
+    accuracy and export/judge.safetensors the weights for `load_judge`. `extra` adds any other
+    "section.field" setting (e.g. {"train.workers": 0, "model.val_fraction": 0.2}).
+    """
+    from imgtrans.train.launch import RunRequest, run
+
+    if steps <= 0:
+        raise UserError(f"steps must be positive, got {steps}")
+    values: dict[str, Any] = {
+        "model.a": os.path.abspath(a), "model.b": os.path.abspath(b),
+        "model.size": size, "model.width": width,
+        "train.steps": steps, "train.batch_size": batch_size, "train.device": device, "train.seed": seed,
+        **(extra or {}),
+    }
+    run_dir = run(RunRequest(objective="judge", values=values, out=str(out), quiet=quiet))
+    assert run_dir is not None  # None only for dry runs
+    return run_dir
