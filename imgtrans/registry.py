@@ -12,6 +12,7 @@ OBJECTIVES: dict[str, str] = {
     "cyclegan": "imgtrans.objectives.cyclegan:CycleGAN",
     "judge": "imgtrans.objectives.judge:Judge",
     "eyes": "imgtrans.objectives.eyes:EyeInpainting",
+    "eyestate": "imgtrans.objectives.eyestate:EyeState",
 }
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from conftest import data_root
 from imgtrans.errors import UserError
 from imgtrans.faces.detect import INSTALL_HINT, DetectConfig, Face, MTCNNDetector, downscale, to_original
-from imgtrans.faces.landmarks import cache_path, central_face, dataset_landmarks, read_cache
+from imgtrans.faces.landmarks import pad, cache_path, central_face, dataset_landmarks, read_cache
 
 
 def face_at(cx: float, cy: float, half: float = 10.0, score: float = 0.99) -> Face:
@@ -44,7 +44,8 @@ class FakeDetector:
 
 def centred_face(rgb: np.ndarray) -> list[Face]:
     """One face at the image centre, none on dark images; size follows the image width."""
-    if rgb.mean() < 20:
+    h0, w0 = rgb.shape[:2]
+    if rgb[h0 // 2, w0 // 2].mean() < 20:  # the centre: dataset images arrive with a grey frame
         return []
     h, w = rgb.shape[:2]
     return [face_at(w / 2, h / 2, half=w / 4)]
@@ -145,7 +146,7 @@ def test_missing_facenet_names_the_install_command(monkeypatch: pytest.MonkeyPat
 
 # ----- dataset landmark cache --------------------------------------------------------------
 def test_cache_path_follows_imgtrans_home(home: Path) -> None:
-    assert cache_path() == home / "landmarks-v1.jsonl"
+    assert cache_path() == home / "landmarks-v2.jsonl"
 
 
 def test_dataset_landmarks_are_cached_and_redetected_when_changed(tmp_path: Path, home: Path) -> None:
@@ -214,16 +215,19 @@ def test_central_face_is_chosen() -> None:
 
 
 class DetectOnly:
-    """A Detector with no detect_batch: dataset_landmarks falls back to one image at a time."""
+    """A Detector with no detect_batch: dataset_landmarks falls back to one image at a time.
+
+    Faces are placed in the padded frame it is given (a 25% grey border on each side)."""
 
     def detect(self, rgb: np.ndarray) -> list[Face]:
-        return [face_at(20, 20, half=15), face_at(52, 50, half=5), face_at(80, 80, half=15)]
+        b = rgb.shape[1] / 6  # border of a square image padded by 25% per side
+        return [face_at(20 + b, 20 + b, half=15), face_at(52 + b, 50 + b, half=5), face_at(80 + b, 80 + b, half=15)]
 
 
 def test_dataset_landmarks_pick_the_central_face(tmp_path: Path, home: Path) -> None:
-    f = write_image(tmp_path / "group.png", 100, 120)
+    f = write_image(tmp_path / "group.png", 120, 120)
     pts = dataset_landmarks([f], detector=DetectOnly())[f]
-    assert pts[2].tolist() == [52, 50]
+    assert pts[2].tolist() == [52, 50]  # mapped back to the unpadded image
 
 
 # ----- MTCNN on real faces -----------------------------------------------------------------
@@ -319,5 +323,9 @@ def test_dataset_landmarks_with_mtcnn(tmp_path: Path, home: Path, mtcnn: MTCNNDe
         files = [root / r["file"] for r in list(csv.DictReader(f))[:3]]
     out = dataset_landmarks(files, detector=mtcnn)
     for path in files:
-        direct = mtcnn.detect(np.asarray(Image.open(path).convert("RGB")))[0]
-        assert np.abs(out[path] - direct.landmarks).max() < 0.01
+        padded, shift = pad(np.asarray(Image.open(path).convert("RGB")))
+        direct = mtcnn.detect(padded)[0]
+        assert np.abs(out[path] - (direct.landmarks - shift)).max() < 0.01
+        # LFW crops are not tight: padding moves landmarks by a small fraction of the eye distance.
+        plain = mtcnn.detect(np.asarray(Image.open(path).convert("RGB")))[0]
+        assert np.abs(out[path] - plain.landmarks).max() < 0.1 * plain.eye_distance
