@@ -218,7 +218,8 @@ def _load_path(path: Path, direction: str | None) -> LoadedGenerator:
     return _from_torch_file(path, direction)
 
 
-def _load_name(name: str, direction: str | None) -> LoadedGenerator:
+def verified_file(name: str) -> tuple[Path, dict[str, Any]]:
+    """The file a manifest name resolves to, after checking it exists and matches its sha256."""
     entry = model_info(name)
     path = Path(entry["path"])
     if entry["size"] is None:
@@ -231,6 +232,29 @@ def _load_name(name: str, direction: str | None) -> LoadedGenerator:
     if actual != expected:
         raise UserError(f"{path}: sha256 {actual[:12]}... does not match the manifest ({expected[:12]}...); "
                         "the file is damaged or was replaced: restore it or re-import the model")
+    return path, entry
+
+
+def resolve_export(name_or_path: str | Path, export_name: str, accepted: str) -> tuple[Path, str | None]:
+    """An exported .safetensors from a run folder (`export/NAME.safetensors`), a file, or a verified
+    manifest name; returns the file and the model name (None for paths). Shared by every model
+    loader that is not a CycleGAN generator."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        exported = path / "export" / f"{export_name}.safetensors"
+        if not exported.is_file():
+            raise UserError(f"{path}: no export/{exported.name} in this folder; pass {accepted}")
+        return exported, None
+    if path.is_file():
+        return path, None
+    text = str(name_or_path)
+    if _looks_like_path(text):
+        raise UserError(f"{text}: file not found; pass {accepted}")
+    return verified_file(text)[0], text
+
+
+def _load_name(name: str, direction: str | None) -> LoadedGenerator:
+    path, entry = verified_file(name)
     loaded = _load_path(path, direction or entry.get("direction"))
     meta = {**loaded.meta, "name": name}
     return LoadedGenerator(net=loaded.net, meta=meta, source=f"{name} ({path})")

@@ -384,8 +384,8 @@ def test_load_inpainter_errors_are_one_line(case: str, tmp_path: Path, monkeypat
         target = tmp_path
     else:
         target = {"missing": tmp_path / "nope" / "x.safetensors", "unknown_name": "no-such-model"}[case]
-    expected = {"missing": "file or folder not found", "unknown_name": "unknown model 'no-such-model'",
-                "not_a_run": "not an eyes training run", "other_objective": "a 'cyclegan' export, not an eye",
+    expected = {"missing": "file not found", "unknown_name": "unknown model 'no-such-model'",
+                "not_a_run": "no export/inpainter.safetensors in this folder", "other_objective": "a 'cyclegan' export, not an eye",
                 "torch_file": "not a .safetensors export", "wrong_weights": "do not form an eye in-painter"}[case]
     with pytest.raises(UserError, match=expected) as info:
         load_inpainter(target)

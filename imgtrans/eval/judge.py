@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -16,7 +15,6 @@ from torch import nn
 from imgtrans.errors import UserError
 
 EXPORT_NAME = "judge"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _ACCEPTED = "a judge run folder, its export/judge.safetensors or a model name"
 
 
@@ -128,41 +126,16 @@ def _from_export(path: Path) -> DomainJudge:
     return DomainJudge(net.float().eval(), meta, str(path))
 
 
-def _from_name(name: str) -> DomainJudge:
-    from imgtrans.weights import model_info, sha256_file
-
-    entry = model_info(name)
-    path = Path(entry["path"])
-    if entry.get("size") is None:
-        raise UserError(f"{path}: file of model {name!r} is missing; restore it or retrain the judge")
-    expected = entry.get("sha256")
-    if not expected:
-        raise UserError(f"{entry['location']}/manifest.json: model {name!r} has no sha256; add it "
-                        "(imgtrans.weights.sha256_file) so the file can be verified")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise UserError(f"{path}: sha256 {actual[:12]}... does not match the manifest ({expected[:12]}...); "
-                        "the file is damaged or was replaced: restore it")
-    judge = _from_export(path)
-    judge.meta = {**judge.meta, "name": name}
-    judge.source = f"{name} ({path})"
-    return judge
-
-
 def load_judge(name_or_path: str | Path) -> DomainJudge:
     """A domain judge from a judge run folder, its .safetensors export or a manifest model name."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        exported = path / "export" / f"{EXPORT_NAME}.safetensors"
-        if not exported.is_file():
-            raise UserError(f"{path}: no export/{exported.name} in this folder; pass {_ACCEPTED}")
-        return _from_export(exported)
-    if path.is_file():
-        return _from_export(path)
-    text = str(name_or_path)
-    if os.sep in text or "/" in text or text.endswith(".safetensors") or not _NAME_RE.match(text):
-        raise UserError(f"{text}: file not found; pass {_ACCEPTED}")
-    return _from_name(text)
+    from imgtrans.weights import resolve_export
+
+    path, name = resolve_export(name_or_path, EXPORT_NAME, _ACCEPTED)
+    judge = _from_export(path)
+    if name:
+        judge.meta = {**judge.meta, "name": name}
+        judge.source = f"{name} ({path})"
+    return judge
 
 
 # ----- training ----------------------------------------------------------------------------

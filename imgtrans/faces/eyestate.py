@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +18,6 @@ from imgtrans.faces.eyes import EyeBoxSpec, crop_box, eye_boxes
 CROP_SPEC = EyeBoxSpec(width=0.9, height=0.6)
 CROP_HW = (32, 48)
 EXPORT_NAME = "eyestate"
-_NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 def eye_crops(aligned: np.ndarray, spec: EyeBoxSpec = CROP_SPEC, hw: tuple[int, int] = CROP_HW) -> np.ndarray:
@@ -131,39 +128,14 @@ def _from_export(path: Path) -> EyeStateClassifier:
     return EyeStateClassifier(net.float().eval(), meta, str(path))
 
 
-def _from_name(name: str) -> EyeStateClassifier:
-    from imgtrans.weights import model_info, sha256_file
-
-    entry = model_info(name)
-    path = Path(entry["path"])
-    if entry.get("size") is None:
-        raise UserError(f"{path}: file of model {name!r} is missing; restore it from git")
-    expected = entry.get("sha256")
-    if not expected:
-        raise UserError(f"{entry['location']}/manifest.json: model {name!r} has no sha256; "
-                        "add it so the file can be verified")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise UserError(f"{path}: sha256 {actual[:12]}... does not match the manifest ({expected[:12]}...); "
-                        "the file is damaged or was replaced: restore it")
-    clf = _from_export(path)
-    clf.meta = {**clf.meta, "name": name}
-    clf.source = f"{name} ({path})"
-    return clf
-
-
 def load_eyestate(name_or_path: str | Path) -> EyeStateClassifier:
     """An eye-state classifier from an export .safetensors, a training run folder or a model name."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        exported = path / "export" / f"{EXPORT_NAME}.safetensors"
-        if not exported.is_file():
-            raise UserError(f"{path}: no export/{exported.name} in this folder; pass an eyestate run folder, "
-                            "its .safetensors export or a model name")
-        return _from_export(exported)
-    if path.is_file():
-        return _from_export(path)
-    text = str(name_or_path)
-    if os.sep in text or "/" in text or text.endswith(".safetensors") or not _NAME_RE.match(text):
-        raise UserError(f"{text}: file not found; pass an eyestate run folder, its .safetensors export or a model name")
-    return _from_name(text)
+    from imgtrans.weights import resolve_export
+
+    path, name = resolve_export(name_or_path, EXPORT_NAME,
+                                "an eyestate run folder, its .safetensors export or a model name")
+    clf = _from_export(path)
+    if name:
+        clf.meta = {**clf.meta, "name": name}
+        clf.source = f"{name} ({path})"
+    return clf

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +14,10 @@ from imgtrans.errors import UserError
 from imgtrans.faces.eyes import EyeBoxSpec, box_mask, eye_boxes
 from imgtrans.objectives.eyes import EyeInpainting, compose_input
 from imgtrans.train.checkpoint import load_export
-from imgtrans.weights import model_info, sha256_file
+from imgtrans.weights import resolve_export
 
 EXPORT_NAME = "inpainter.safetensors"  # what an `imgtrans train eyes` run writes under export/
 ACCEPTED = f"a model name, an eyes .safetensors export or an eyes training run folder (with export/{EXPORT_NAME})"
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
 class Inpainter:
@@ -127,35 +124,10 @@ def _load_file(path: Path, device: str) -> Inpainter:
     return _build(state, meta, str(path), device)
 
 
-def _load_name(name: str, device: str) -> Inpainter:
-    entry = model_info(name)  # UserError naming the installed models if unknown
-    path = Path(entry["path"])
-    if not path.is_file():
-        raise UserError(f"{path}: file of model {name!r} is missing; restore it or re-import the model")
-    expected = entry.get("sha256")
-    if not expected:
-        raise UserError(f"{entry['location']}/manifest.json: model {name!r} has no sha256; add it "
-                        "(imgtrans.weights.sha256_file) so the file can be verified")
-    actual = sha256_file(path)
-    if actual != expected:
-        raise UserError(f"{path}: sha256 {actual[:12]}... does not match the manifest ({expected[:12]}...); "
-                        "the file is damaged or was replaced: restore it")
-    inpainter = _load_file(path, device)
-    inpainter.meta = {**inpainter.meta, "name": name}
-    return inpainter
-
-
 def load_inpainter(name_or_path: str | Path, device: str = "cpu") -> Inpainter:
     """An Inpainter from an export, a training run folder or a manifest name (an existing path wins)."""
-    path = Path(name_or_path)
-    if path.is_dir():
-        export = path / "export" / EXPORT_NAME
-        if not export.is_file():
-            raise UserError(f"{path}: not an eyes training run (no export/{EXPORT_NAME}); pass {ACCEPTED}")
-        return _load_file(export, device)
-    if path.is_file():
-        return _load_file(path, device)
-    text = str(name_or_path)
-    if os.sep in text or "/" in text or text.endswith(".safetensors") or not NAME_RE.match(text):
-        raise UserError(f"{text}: file or folder not found; pass {ACCEPTED}")
-    return _load_name(text, device)
+    path, name = resolve_export(name_or_path, EXPORT_NAME.removesuffix(".safetensors"), ACCEPTED)
+    inpainter = _load_file(path, device)
+    if name:
+        inpainter.meta = {**inpainter.meta, "name": name}
+    return inpainter
