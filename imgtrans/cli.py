@@ -279,6 +279,32 @@ def eval_translate(model: str, a: str, b: str, a_train: str | None, b_train: str
         atomic_write(Path(json_path), lambda tmp: Path(tmp).write_text(text + "\n"), fsync=False)
 
 
+@eval_group.command("eyes")
+@click.option("-m", "--model", help="in-painter: name, export or run folder (omit for the baselines alone)")
+@click.option("--faces", required=True, type=click.Path(), help="the faces folder (with lfw_pairs/ and closed_eyes/)")
+@click.option("--max-faces", type=click.IntRange(min=0), default=100, show_default=True,
+              help="held-out identities to use; 0: all")
+@click.option("--classifier", help="eye-state model: also count eyes called open on closed_eyes/ before/after")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write every figure as JSON")
+@click.option("--sheet", type=click.Path(dir_okay=False), help="contact sheet PNG: masked input, each system, real")
+@click.option("--device", default="cpu", show_default=True)
+def eval_eyes(model: str | None, faces: str, max_faces: int, classifier: str | None, json_path: str | None,
+              sheet: str | None, device: str) -> None:
+    """Masked SSIM/L1/PSNR, whole-face L1 and eye-landmark error on held-out faces, beside the flat
+    fill, OpenCV Telea and pasted-exemplar baselines."""
+    import json
+
+    from imgtrans.eval.eyes import evaluate_eyes, format_eyes_table
+    from imgtrans.io import atomic_write
+
+    result = evaluate_eyes(model, faces, max_faces=max_faces, classifier=classifier, sheet=sheet, device=device,
+                           progress=lambda m: click.echo(m, err=True))
+    click.echo(format_eyes_table(result))
+    if json_path:
+        text = json.dumps(result, indent=2)
+        atomic_write(Path(json_path), lambda tmp: Path(tmp).write_text(text + "\n"), fsync=False)
+
+
 @eval_group.command("train-judge")
 @click.option("--a", "a", required=True, type=click.Path(), help="train images of domain A")
 @click.option("--b", "b", required=True, type=click.Path(), help="train images of domain B")
