@@ -73,3 +73,10 @@ def test_train_both_then_open_eyes_on_closed_eye_photos(tmp_path: Path, monkeypa
         after = np.asarray(Image.open(tmp_path / "out" / f"{Path(name).stem}.png"))
         changed = (before != after).any(-1)
         assert after.shape == before.shape and 0 < changed.mean() < 0.1  # only the eye regions changed
+    # The eyes evaluation runs end to end with these tiny models too (held-out faces + closed_eyes/).
+    code = run_cli(["eval", "eyes", "-m", str(runs["eyes"]), "--faces", str(faces), "--max-faces", "3",
+                    "--classifier", str(runs["eyestate"]), "--json", str(tmp_path / "eval.json")])
+    assert code == 0, capsys.readouterr().err
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert {"model", "flat", "telea", "exemplar_paste"} <= set(result["systems"])
+    assert result["closed_eyes"]
