@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from torch import Tensor, nn
 
@@ -251,6 +251,22 @@ def resolve_export(name_or_path: str | Path, export_name: str, accepted: str) ->
     if _looks_like_path(text):
         raise UserError(f"{text}: file not found; pass {accepted}")
     return verified_file(text)[0], text
+
+
+def load_checked_export(path: Path, objective: str, build: Callable[[dict[str, Any]], nn.Module],
+                        hint: str) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a network from an export whose metadata must name `objective`; eval mode, float32."""
+    state, meta = load_export(path)
+    if meta.get("objective") != objective:
+        found = meta.get("objective") or "no imgtrans metadata"
+        raise UserError(f"{path}: not {objective} weights (objective: {found}); {hint}")
+    try:
+        net = build(meta)
+        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    except (KeyError, TypeError, RuntimeError) as e:
+        reason = str(e).splitlines()[0]
+        raise UserError(f"{path}: weights do not fit their recorded architecture ({reason}); re-export them") from None
+    return net.float().eval(), meta
 
 
 def _load_name(name: str, direction: str | None) -> LoadedGenerator:

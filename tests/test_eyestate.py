@@ -234,7 +234,7 @@ def test_load_eyestate_errors(tmp_path: Path) -> None:
     from imgtrans.train.checkpoint import save_export
 
     other = save_export(tmp_path, "gen", {"w": torch.zeros(1)}, {"objective": "cyclegan"})
-    with pytest.raises(UserError, match="not eye-state weights"):
+    with pytest.raises(UserError, match="not eyestate weights"):
         load_eyestate(other)
     with pytest.raises(UserError, match="no export/eyestate.safetensors"):
         load_eyestate(tmp_path)

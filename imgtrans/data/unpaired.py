@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,17 +30,15 @@ def scan_folder(folder: str | Path, label: str) -> list[Path]:
     return good
 
 
-class UnpairedImages(Dataset):
-    """Sample k: image pick(k) of A and an independently shuffled image of B, augmented.
+class DomainImages(Dataset):
+    """Sample k: image pick(k) of A and an independently shuffled image of B, through `pipeline`.
 
     Length is one epoch, max(|A|, |B|) as in the reference; any k >= 0 is valid. A file that
     fails to decode mid-run is reported once and replaced by the next file of its domain.
     """
 
-    def __init__(self, a: str | Path, b: str | Path, spec: CropSpec, seed: int = 0) -> None:
-        self.files = {"A": scan_folder(a, "A"), "B": scan_folder(b, "B")}
-        self.spec, self.seed = spec, seed
-        self.pipeline = train_pipeline(spec)
+    def __init__(self, files: dict[str, list[Path]], pipeline: Any, seed: int = 0) -> None:
+        self.files, self.pipeline, self.seed = files, pipeline, seed
         self._reported: set[Path] = set()
 
     def __len__(self) -> int:
@@ -67,3 +66,11 @@ class UnpairedImages(Dataset):
             self.pipeline.set_random_seed(sample_seed(self.seed, k * 2 + stream))
             out[domain] = to_tensor(self.pipeline(image=img)["image"])
         return out
+
+
+class UnpairedImages(DomainImages):
+    """Two image folders (CycleGAN data) with resize, random crop and flip."""
+
+    def __init__(self, a: str | Path, b: str | Path, spec: CropSpec, seed: int = 0) -> None:
+        super().__init__({"A": scan_folder(a, "A"), "B": scan_folder(b, "B")}, train_pipeline(spec), seed)
+        self.spec = spec

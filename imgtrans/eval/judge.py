@@ -110,20 +110,11 @@ class DomainJudge:
 
 # ----- loading -----------------------------------------------------------------------------
 def _from_export(path: Path) -> DomainJudge:
-    from imgtrans.train.checkpoint import load_export
+    from imgtrans.weights import load_checked_export
 
-    state, meta = load_export(path)
-    if meta.get("objective") != "judge":
-        found = meta.get("objective") or "no imgtrans metadata"
-        raise UserError(f"{path}: not domain-judge weights (objective: {found}); pass a judge export "
-                        "(train one with `imgtrans eval train-judge`)")
-    try:
-        net = build_net(meta)
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except (KeyError, TypeError, RuntimeError) as e:
-        reason = str(e).splitlines()[0]
-        raise UserError(f"{path}: weights do not fit their recorded architecture ({reason}); re-export them") from None
-    return DomainJudge(net.float().eval(), meta, str(path))
+    net, meta = load_checked_export(path, "judge", build_net,
+                                    "pass a judge export (train one with `imgtrans eval train-judge`)")
+    return DomainJudge(net, meta, str(path))
 
 
 def load_judge(name_or_path: str | Path) -> DomainJudge:

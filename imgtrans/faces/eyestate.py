@@ -10,7 +10,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from imgtrans.errors import UserError
 from imgtrans.faces.eyes import EyeBoxSpec, crop_box, eye_boxes
 
 # Wider and taller than the in-painting mask (0.6 x 0.4 IOD): brows and lid creases help tell
@@ -113,19 +112,10 @@ class EyeStateClassifier:
 
 # ----- loading -----------------------------------------------------------------------------
 def _from_export(path: Path) -> EyeStateClassifier:
-    from imgtrans.train.checkpoint import load_export
+    from imgtrans.weights import load_checked_export
 
-    state, meta = load_export(path)
-    if meta.get("objective") != "eyestate":
-        found = meta.get("objective") or "no imgtrans metadata"
-        raise UserError(f"{path}: not eye-state weights (objective: {found}); pass an eyestate export")
-    try:
-        net = build_net(meta)
-        net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    except (KeyError, TypeError, RuntimeError) as e:
-        reason = str(e).splitlines()[0]
-        raise UserError(f"{path}: weights do not fit their recorded architecture ({reason}); re-export them") from None
-    return EyeStateClassifier(net.float().eval(), meta, str(path))
+    net, meta = load_checked_export(path, "eyestate", build_net, "pass an eyestate export")
+    return EyeStateClassifier(net, meta, str(path))
 
 
 def load_eyestate(name_or_path: str | Path) -> EyeStateClassifier:

@@ -9,19 +9,14 @@ from typing import Any, ClassVar
 
 import albumentations as A
 import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import Dataset
 
-from imgtrans.data.stream import pick, sample_seed
-from imgtrans.data.transforms import to_tensor
-from imgtrans.data.unpaired import scan_folder
+from imgtrans.data.unpaired import DomainImages, scan_folder
 from imgtrans.errors import UserError
 from imgtrans.eval.images import read_images
 from imgtrans.eval.judge import DomainJudge, JudgeArch, JudgeNet, build_net
-from imgtrans.io import ImageReadError, read_rgb
 from imgtrans.train.objective import Losses, ObjectiveBase, Phase
 
 DOMAINS = ("A", "B")  # label = index
@@ -75,35 +70,11 @@ def crop_pipeline(size: int, min_scale: float, flip: bool) -> A.Compose:
     return A.Compose(steps, seed=0)
 
 
-class JudgeImages(Dataset):
+class JudgeImages(DomainImages):
     """Sample k: a random resized crop of training image pick(k) of A and one of B (independent shuffles)."""
 
     def __init__(self, files: dict[str, list[Path]], cfg: JudgeConfig, seed: int = 0) -> None:
-        self.files, self.seed = files, seed
-        self.pipeline = crop_pipeline(cfg.size, cfg.min_scale, cfg.flip)
-
-    def __len__(self) -> int:
-        return max(len(f) for f in self.files.values())
-
-    def sizes(self) -> dict[str, int]:
-        return {k: len(v) for k, v in self.files.items()}
-
-    def _load(self, domain: str, index: int) -> np.ndarray:
-        files = self.files[domain]
-        for offset in range(len(files)):
-            try:
-                return np.asarray(read_rgb(files[(index + offset) % len(files)]))
-            except ImageReadError:
-                continue  # scan_folder reported unreadable files already; use the next one
-        raise UserError(f"no image in domain {domain} could be decoded; check the folder")
-
-    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
-        out = {}
-        for stream, domain in enumerate(DOMAINS):
-            img = self._load(domain, pick(self.seed, k, len(self.files[domain]), stream))
-            self.pipeline.set_random_seed(sample_seed(self.seed, k * 2 + stream))
-            out[domain] = to_tensor(self.pipeline(image=img)["image"])
-        return out
+        super().__init__(files, crop_pipeline(cfg.size, cfg.min_scale, cfg.flip), seed)
 
 
 class Judge(ObjectiveBase):
