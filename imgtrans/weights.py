@@ -14,6 +14,7 @@ from typing import Any, Callable
 from torch import Tensor, nn
 
 from imgtrans import legacy
+from imgtrans.data.transforms import load_size_for
 from imgtrans.errors import UserError
 from imgtrans.nn.generators import ResnetArch, ResnetGenerator
 from imgtrans.objectives.cyclegan import DIRECTIONS
@@ -35,6 +36,19 @@ class LoadedGenerator:
 
 
 # ----- locations ---------------------------------------------------------------------------
+def run_size(size: int | str | None, meta: dict[str, Any]) -> int:
+    """The short side to run a generator at: a number, "train" (its training size) or 0/None (native)."""
+    text = str(size or 0).strip()
+    if text == "train":
+        train = int(meta.get("train_size") or 0)
+        if not train:
+            raise UserError("--size train: these weights do not record a training size; pass a number")
+        return train
+    if not text.isdigit() or (text != "0" and int(text) < 8):
+        raise UserError(f"--size {text!r}: give a short side in pixels (>= 8) or 'train'")
+    return int(text)
+
+
 def repo_weights_dir() -> Path:
     """The shipped `weights/` folder (or $IMGTRANS_WEIGHTS)."""
     env = os.environ.get("IMGTRANS_WEIGHTS")
@@ -181,7 +195,7 @@ def _from_checkpoint(ckpt: dict[str, Any], path: Path, direction: str | None) ->
     if "step" in ckpt:
         meta["steps"] = int(ckpt["step"])
     if "crop_size" in model:
-        meta["train_size"] = model["crop_size"]
+        meta["train_size"] = load_size_for(int(model["crop_size"]), int(model.get("load_size") or 0))
     if "a" in model and "b" in model:
         meta["data"] = {"a": model["a"], "b": model["b"]}
     return _build(state, meta, f"{path} [{net_name}]")

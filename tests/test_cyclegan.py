@@ -50,7 +50,7 @@ def test_run_writes_every_output(domains: tuple[Path, Path], tmp_path: Path) -> 
     assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step-00000002.pt", "step-00000004.pt"]
     for direction, net in (("AtoB", "G_AB"), ("BtoA", "G_BA")):
         state, meta = load_export(run_dir / "export" / f"{direction}.safetensors")
-        assert meta["direction"] == direction and meta["steps"] == 4 and meta["train_size"] == 32
+        assert meta["direction"] == direction and meta["steps"] == 4 and meta["train_size"] == 36  # load_size
         assert meta["arch"] == {"in_channels": 3, "out_channels": 3, "ngf": 8, "n_blocks": 2,
                                 "norm": "instance", "dropout": False}
         assert meta["data"] == {"a": str(a), "b": str(b)} and "G_AB" in meta["last_losses"]

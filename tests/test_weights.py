@@ -224,9 +224,9 @@ def test_run_folder_without_export_uses_newest_checkpoint(tmp_path: Path) -> Non
     torch.save({"step": 2, "nets": {"G_AB": ab.state_dict(), "G_BA": ba.state_dict()},
                 "opts": {}, "ranks": [{"rng": {"torch": torch.get_rng_state()}}]}, newest)
     (run_dir / "config.json").write_text(json.dumps({"objective": "cyclegan",
-                                                     "model": {"crop_size": 48, "a": "x", "b": "y"}}))
+                                                     "model": {"crop_size": 48, "load_size": 56, "a": "x", "b": "y"}}))
     loaded = load_generator(run_dir)
-    assert loaded.meta["steps"] == 2 and loaded.meta["train_size"] == 48
+    assert loaded.meta["steps"] == 2 and loaded.meta["train_size"] == 56  # the load size: the scale seen
     assert torch.equal(run(loaded.net), run(ab))
     assert torch.equal(run(load_generator(run_dir, "BtoA").net), run(ba))
     from_file = load_generator(newest, "BtoA")

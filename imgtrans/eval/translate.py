@@ -23,9 +23,9 @@ from imgtrans.eval.judge import DomainJudge, Judgement, load_judge
 from imgtrans.eval.sheet import contact_sheet
 from imgtrans.nn import ResnetGenerator, init_weights
 from imgtrans.nn.generators import ResnetArch
-from imgtrans.pipelines.translate import Translator
+from imgtrans.pipelines.translate import TranslateConfig, Translator
 from imgtrans.train.runtime import select_device
-from imgtrans.weights import LoadedGenerator, load_generator
+from imgtrans.weights import LoadedGenerator, load_generator, run_size
 
 DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}  # direction -> (source domain, target domain)
 REVERSE = {"AtoB": "BtoA", "BtoA": "AtoB"}
@@ -172,7 +172,7 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
                          directions: Sequence[str] | None = None, max_images: int = 0, device: str = "auto",
                          fid: bool = True, a_train: str | Path | None = None, b_train: str | Path | None = None,
                          sheet: str | Path | None = None, sheet_images: int = 4, seed: int = 0,
-                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                         size: int | str = 0, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score `model` on test folders `a` and `b`; returns a JSON-ready dict (see format_table).
 
     `judge`: a judge run folder, export or name (None: no judge figures). `directions`: None for
@@ -180,7 +180,9 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
     `fid`: Inception FID/KID when the weights are installed (else skipped, with the reason).
     `a_train`/`b_train`: real train folders for the real-vs-real reference. `sheet`: write a
     contact sheet PNG (input | model | untrained | model reconstruction) of `sheet_images` per
-    direction. `progress` receives one line per stage.
+    direction. `size`: run the networks at this short side and resize back ("train": each model's
+    training size; 0: at the test images' own size), as `imgtrans translate --size`.
+    `progress` receives one line per stage.
     """
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -195,13 +197,17 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
     say("reading test images")
     test = {"A": load_set(a, "A", max_images), "B": load_set(b, "B", max_images)}
     trains = {"A": a_train, "B": b_train}
-    translators = {d: Translator(g.net, g.meta, device=device) for d, g in nets.items()}
-    untrained = {d: Translator(untrained_like(g.meta["arch"], seed + i), device=device)
+    sizes = {d: run_size(size, g.meta) for d, g in nets.items()}
+    translators = {d: Translator(g.net, g.meta, device=device, config=TranslateConfig(size=sizes[d]))
+                   for d, g in nets.items()}
+    untrained = {d: Translator(untrained_like(g.meta["arch"], seed + i), device=device,
+                               config=TranslateConfig(size=sizes[d]))
                  for i, (d, g) in enumerate(nets.items())}
 
     result: dict[str, Any] = {
         "model": {"source": str(model), "directions": {d: g.source for d, g in nets.items()},
-                  "unavailable": missing, "arch": next(iter(nets.values())).meta.get("arch")},
+                  "unavailable": missing, "arch": next(iter(nets.values())).meta.get("arch"),
+                  "run_size": sizes},
         "judge": _judge_info(domain_judge, bank, test),
         "inception": {"used": inception is not None, "reason": why_no_fid},
         "data": {"a": str(a), "b": str(b), "images": {k: len(v) for k, v in test.items()}},

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from imgtrans.data.transforms import CropSpec
+from imgtrans.data.transforms import CropSpec, load_size_for
 from imgtrans.data.unpaired import UnpairedImages
 from imgtrans.errors import UserError
 from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weights
@@ -49,8 +49,8 @@ class CycleGANConfig:
     init_gain: float = 0.02
 
     def crop_spec(self) -> CropSpec:
-        load = self.load_size or int(round(self.crop_size * 286 / 256))
-        return CropSpec(load_size=load, crop_size=self.crop_size, flip=self.flip)
+        return CropSpec(load_size=load_size_for(self.crop_size, self.load_size), crop_size=self.crop_size,
+                        flip=self.flip)
 
     def generator_arch(self) -> ResnetArch:
         return ResnetArch(ngf=self.ngf, n_blocks=self.n_blocks, norm=self.norm, dropout=self.dropout)
@@ -152,7 +152,7 @@ class CycleGAN(ObjectiveBase):
                 "direction": direction,
                 "official_name": official,
                 "arch": self.cfg.generator_arch().to_dict(),
-                "train_size": self.cfg.crop_size,
+                "train_size": self.cfg.crop_spec().load_size,  # the scale whole images were seen at
                 "data": {"a": self.cfg.a, "b": self.cfg.b},
             }
             out[direction] = (self._nets[net].state_dict(), meta)
