@@ -181,7 +181,7 @@ def test_build_splits_index_and_dropped(tmp_path: Path, fake_landmarks: dict) ->
     assert s.train[0].known.tolist() == [True, False]
     full = es.build_splits(es.EyeStateConfig(faces=str(root), val_fraction=0.5))
     assert len(full.train) + len(full.val) == 6 and full.no_face == 1
-    with pytest.raises(UserError, match="file,open_left,open_right"):
+    with pytest.raises(UserError, match="file,open_left,open_right|'file' column"):
         (root / "bad.csv").write_text("path,score\n")
         es.build_splits(es.EyeStateConfig(faces=str(root), index=str(root / "bad.csv")))
 

@@ -6,7 +6,7 @@ import csv
 import hashlib
 import sys
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -69,13 +69,14 @@ def read_index(csv_path: Path, root: Path) -> list[FaceRecord]:
     """
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-            columns = set(rows[0]) if rows else set()
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            columns = set(reader.fieldnames or [])
     except FileNotFoundError:
         raise UserError(f"{csv_path}: index file not found; check the path") from None
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"{csv_path}: not a readable CSV index ({e})") from None
-    if rows and "file" not in columns:
+    if "file" not in columns:
         raise UserError(f"{csv_path}: an index needs a 'file' column (and optionally identity, open_left, "
                         f"open_right); found {', '.join(sorted(c for c in columns if c))}")
     records = []
@@ -89,22 +90,31 @@ def read_index(csv_path: Path, root: Path) -> list[FaceRecord]:
     return records
 
 
-def read_records(faces: str | Path, index: str | Path = "", open_above: float = 0.2) -> list[FaceRecord]:
-    """Open-eye training photos: a user `index` CSV, else the prepared lfw_pairs + utkface indexes."""
+def index_records(faces: str | Path, index: str | Path = "", sources: Sequence[str] = SOURCES) -> list[FaceRecord]:
+    """Every row of a user `index` CSV (found as given or under `faces`; files relative to `faces`),
+    else of the prepared `faces/SOURCE/index.csv` files in `sources` order. One reader for every
+    model that trains on faces."""
     root = Path(faces)
     if not root.is_dir():
         raise UserError(f"{root}: faces folder not found; pass --faces FOLDER (the data's faces/ folder)")
     if index:
-        records = read_index(Path(index), root)
-    else:
-        found = [root / s for s in SOURCES if (root / s / "index.csv").is_file()]
-        if not found:
-            raise UserError(f"{root}: no {' or '.join(f'{s}/index.csv' for s in SOURCES)}; pass the data's "
-                            "faces/ folder, or --index CSV with a 'file' column relative to it")
-        records = [r for folder in found for r in read_index(folder / "index.csv", folder)]
+        path = Path(index)
+        if not path.is_absolute() and not path.exists():
+            path = root / path
+        return read_index(path, root)
+    found = [root / s for s in sources if (root / s / "index.csv").is_file()]
+    if not found:
+        raise UserError(f"{root}: no {' or '.join(f'{s}/index.csv' for s in sources)}; pass the data's "
+                        "faces/ folder, or --index CSV with a 'file' column relative to it")
+    return [r for folder in found for r in read_index(folder / "index.csv", folder)]
+
+
+def read_records(faces: str | Path, index: str | Path = "", open_above: float = 0.2) -> list[FaceRecord]:
+    """Open-eye training photos: a user `index` CSV, else the prepared lfw_pairs + utkface indexes."""
+    records = index_records(faces, index)
     kept = [r for r in records if r.eyes_open(open_above)]
     if not kept:
-        raise UserError(f"{index or root}: no photo has both eyes scored above {open_above} "
+        raise UserError(f"{index or faces}: no photo has both eyes scored above {open_above} "
                         f"({len(records)} listed); lower open_above or check the index")
     return kept
 

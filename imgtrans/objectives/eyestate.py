@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import sys
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
+from imgtrans.data.faces import index_records
 from imgtrans.data.stream import pick, sample_seed
 from imgtrans.errors import UserError
 from imgtrans.faces.eyes import Alignment, align
@@ -104,37 +104,14 @@ def is_validation(rel: str, fraction: float) -> bool:
 
 def read_index(faces: Path, index: str = "") -> list[tuple[str, float, float]]:
     """(path relative to `faces`, open_left, open_right) rows of the chosen index CSV(s)."""
-    if index:
-        path = Path(index)
-        if not path.is_absolute() and not path.exists():
-            path = faces / index
-        if not path.is_file():
-            raise UserError(f"--index {index}: file not found (relative paths may also be under --faces)")
-        return _read_csv(path, "")
-    rows: list[tuple[str, float, float]] = []
-    for sub in DEFAULT_INDEXES:
-        path = faces / sub / "index.csv"
-        if path.is_file():
-            rows += _read_csv(path, f"{sub}/")
-    if not rows:
-        raise UserError(f"{faces}: no {' or '.join(f'{s}/index.csv' for s in DEFAULT_INDEXES)}; "
-                        "pass the faces root with --faces or a CSV with --index")
-    return rows
-
-
-def _read_csv(path: Path, prefix: str) -> list[tuple[str, float, float]]:
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        needed = {"file", "open_left", "open_right"}
-        if not needed <= set(reader.fieldnames or []):
-            has = ",".join(reader.fieldnames or [])
-            raise UserError(f"{path}: needs columns file,open_left,open_right (has: {has})")
-        rows = []
-        for line, row in enumerate(reader, start=2):
-            try:
-                rows.append((prefix + row["file"], float(row["open_left"]), float(row["open_right"])))
-            except (TypeError, ValueError):
-                raise UserError(f"{path}:{line}: open_left/open_right must be numbers") from None
+    rows = []
+    for rec in index_records(faces, index, DEFAULT_INDEXES):
+        if rec.open_left is None or rec.open_right is None:
+            raise UserError(f"{index or faces}: {rec.file.name}: the eye-state model needs scores; the index "
+                            "needs columns file,open_left,open_right")
+        # Relative paths name the validation split (is_validation), so they must not depend on cwd.
+        rel = rec.file.relative_to(faces).as_posix() if rec.file.is_relative_to(faces) else str(rec.file)
+        rows.append((rel, rec.open_left, rec.open_right))
     return rows
 
 
