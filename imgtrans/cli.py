@@ -91,16 +91,9 @@ def _train_command(name: str) -> click.Command:
 
 
 def _parse_size(text: str | None, meta: dict[str, Any]) -> int:
-    if not text:
-        return 0
-    if text == "train":
-        size = int(meta.get("train_size") or 0)
-        if not size:
-            raise UserError("--size train: these weights do not record a training size; pass a number")
-        return size
-    if not text.isdigit() or int(text) < 8:
-        raise UserError(f"--size {text!r}: give a short side in pixels (>= 8) or 'train'")
-    return int(text)
+    from imgtrans.weights import run_size
+
+    return run_size(text, meta)
 
 
 @cli.command()
@@ -123,30 +116,35 @@ def translate(input_path: str, output_path: str, model: str | None, weights: str
     """Translate a photo or a folder of photos (mirrored into OUTPUT) with a model."""
     from tqdm import tqdm
 
-    from imgtrans.pipelines.folders import plan
+    from imgtrans.pipelines.folders import folder_shard, plan
     from imgtrans.pipelines.translate import TranslateConfig, Translator
     from imgtrans.weights import load_generator
 
     if bool(model) == bool(weights):
         raise UserError("pass exactly one of -m NAME or --weights PATH")
-    work = plan(input_path, output_path, fmt, recursive, overwrite)  # check paths before loading
-    loaded = load_generator(model or weights, direction)
-    config = TranslateConfig(size=_parse_size(size, loaded.meta), tile=tile, batch_size=batch_size)
-    translator = Translator(loaded.net, loaded.meta, device=device, config=config)
-    with tqdm(total=len(work.jobs), unit="img", disable=quiet or not work.jobs, dynamic_ncols=True) as bar:
-        report = translator.translate_folder(input_path, output_path, jobs=work.jobs, progress=bar.update)
-    report.skipped = work.skipped
-    _summarise(report, output_path)
+    with folder_shard() as shard:  # under torchrun: this process's share of the files
+        # Planned before any model loads, so a bad path fails fast.
+        work, jobs = shard.plan(lambda: plan(input_path, output_path, fmt, recursive, overwrite))
+        loaded = load_generator(model or weights, direction)
+        config = TranslateConfig(size=_parse_size(size, loaded.meta), tile=tile, batch_size=batch_size)
+        translator = Translator(loaded.net, loaded.meta, device=shard.device(device), config=config)
+        with tqdm(total=len(jobs), unit="img", disable=quiet or not jobs or not shard.is_main,
+                  dynamic_ncols=True) as bar:
+            report = translator.translate_folder(input_path, output_path, jobs=jobs, progress=bar.update)
+        report = shard.combine(report)
+        report.skipped = work.skipped
+        _summarise(report, output_path, echo=shard.is_main)
 
 
-def _summarise(report: Any, output_path: str) -> None:
-    """The closing lines of a folder run; exit code 1 when any file failed."""
+def _summarise(report: Any, output_path: str, echo: bool = True) -> None:
+    """The closing lines of a folder run; exit code 1 when any file failed (on every process)."""
     rate = len(report.converted) / report.seconds if report.seconds > 0 else 0.0
-    click.echo(f"converted {len(report.converted)}, skipped {len(report.skipped)} (already done), "
-               f"failed {len(report.failed)} in {report.seconds:.1f} s ({rate:.2f} images/s) -> {output_path}",
-               err=True)
-    for path, reason in report.failed:
-        click.echo(f"  failed: {path}: {reason}", err=True)
+    if echo:
+        click.echo(f"converted {len(report.converted)}, skipped {len(report.skipped)} (already done), "
+                   f"failed {len(report.failed)} in {report.seconds:.1f} s ({rate:.2f} images/s) -> {output_path}",
+                   err=True)
+        for path, reason in report.failed:
+            click.echo(f"  failed: {path}: {reason}", err=True)
     if report.failed:
         raise SystemExit(1)
 
@@ -180,22 +178,32 @@ def open_eyes(input_path: str, output_path: str, reference: str | None, all_face
     from imgtrans.faces.inpaint import load_inpainter
     from imgtrans.io import atomic_write
     from imgtrans.pipelines.eyes import EyeConfig, EyeOpener
-    from imgtrans.pipelines.folders import plan
+    from imgtrans.pipelines.folders import folder_shard, plan
 
-    work = plan(input_path, output_path, fmt, recursive, overwrite)  # check paths before loading
-    opener = EyeOpener(MTCNNDetector(DetectConfig(device=device)), load_eyestate(classifier),
-                       load_inpainter(weights, device=device),
-                       EyeConfig(threshold=threshold, all_faces=all_faces, blend=blend))
-    with tqdm(total=len(work.jobs), unit="img", disable=quiet or not work.jobs, dynamic_ncols=True) as bar:
-        report, photos = opener.open_folder(input_path, output_path, fmt, recursive, overwrite, reference,
-                                            progress=bar.update)
-    faces = sum(p["faces"] for p in photos.values())
-    fixed = sum(p["fixed"] for p in photos.values())
-    click.echo(f"{faces} faces found, {fixed} fixed", err=True)
-    if report_path:
-        text = json.dumps({"photos": photos, "failed": {str(p): r for p, r in report.failed}}, indent=2)
-        atomic_write(Path(report_path), lambda tmp: Path(tmp).write_text(text + "\n"), fsync=False)
-    _summarise(report, output_path)
+    with folder_shard() as shard:  # under torchrun: this process's share of the files
+        # Planned before any model loads, so a bad path fails fast.
+        work, jobs = shard.plan(lambda: plan(input_path, output_path, fmt, recursive, overwrite))
+        device = shard.device(device)
+        opener = EyeOpener(MTCNNDetector(DetectConfig(device=device)), load_eyestate(classifier),
+                           load_inpainter(weights, device=device),
+                           EyeConfig(threshold=threshold, all_faces=all_faces, blend=blend))
+        with tqdm(total=len(jobs), unit="img", disable=quiet or not jobs or not shard.is_main,
+                  dynamic_ncols=True) as bar:
+            report, photos = opener.open_folder(input_path, output_path, fmt, recursive, overwrite, reference,
+                                                progress=bar.update, jobs=jobs)
+        report = shard.combine(report)
+        report.skipped = work.skipped
+        if shard.distributed:  # every process's per-photo reports, in plan (path) order
+            photos = dict(sorted(((k, v) for part in shard.gather(photos) for k, v in part.items()),
+                                 key=lambda kv: Path(kv[0])))
+        if shard.is_main:
+            faces = sum(p["faces"] for p in photos.values())
+            fixed = sum(p["fixed"] for p in photos.values())
+            click.echo(f"{faces} faces found, {fixed} fixed", err=True)
+            if report_path:
+                text = json.dumps({"photos": photos, "failed": {str(p): r for p, r in report.failed}}, indent=2)
+                atomic_write(Path(report_path), lambda tmp: Path(tmp).write_text(text + "\n"), fsync=False)
+        _summarise(report, output_path, echo=shard.is_main)
 
 
 @cli.group()
@@ -242,6 +250,41 @@ def weights_import(path: str, name: str, direction: str | None) -> None:
     click.echo(f"imported {path} as {name!r} -> {out}")
 
 
+@weights.command("ship")
+@click.argument("export", type=click.Path(exists=True, dir_okay=False))
+@click.option("--name", required=True, help="manifest name (e.g. horse2zebra)")
+@click.option("--folder", type=click.Path(file_okay=False), help="weights folder (default: this repository's weights/)")
+@click.option("--data", "data", required=True, help="what it was trained on")
+@click.option("--command", "command", required=True, help="the exact command that reproduces it")
+@click.option("--cpu-hours", type=float, required=True, help="training cost")
+@click.option("--metrics", "metrics_file", type=click.Path(exists=True, dir_okay=False),
+              help="JSON object of its eval figures, stored as the entry's metrics")
+@click.option("--licence", default="", help="terms the training data puts on the weights")
+@click.option("--note", default="", help="anything else a user should know")
+@click.option("--no-fp16", is_flag=True, help="store float32 even where fp16 is lossless")
+def weights_ship(export: str, name: str, folder: str | None, data: str, command: str, cpu_hours: float,
+                 metrics_file: str | None, licence: str, note: str, no_fp16: bool) -> None:
+    """Add an exported generator to a weights folder (fp16 when no output moves by 1/255) with its
+    manifest entry; replaces an entry of the same name."""
+    import json
+
+    from imgtrans.ship import ShipRequest, ship
+    from imgtrans.weights import repo_weights_dir
+
+    fields: dict[str, Any] = {"data": data, "command": command, "cpu_hours": cpu_hours}
+    if metrics_file:
+        try:
+            fields["metrics"] = json.loads(Path(metrics_file).read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{metrics_file}: not valid JSON ({e}); pass a JSON object of figures") from None
+    fields.update({k: v for k, v in (("licence", licence), ("note", note)) if v})
+    req = ShipRequest(export=Path(export), name=name, folder=Path(folder) if folder else repo_weights_dir(),
+                      fields=fields, fp16=not no_fp16)
+    entry = ship(req)
+    click.echo(f"shipped {name!r}: {req.folder / entry['file']} ({entry['storage']}, "
+               f"fp16 max change {entry.get('fp16_max_diff', 'n/a')})")
+
+
 @cli.group("eval")
 def eval_group() -> None:
     """Measure model quality offline (judges, FID/KID, baselines side by side)."""
@@ -256,13 +299,15 @@ def eval_group() -> None:
 @click.option("--judge", help="domain judge: name, export or run folder (see `imgtrans eval train-judge`)")
 @click.option("--direction", "directions", multiple=True, type=click.Choice(["AtoB", "BtoA"]))
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="per folder; 0: all")
+@click.option("--size", "run_size", metavar="N|train", default="0",
+              help="run the networks at this short side (or the training size) and resize back; 0: native")
 @click.option("--no-fid", is_flag=True, help="skip FID/KID (the Inception network is the slow part)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write every figure as JSON")
 @click.option("--sheet", type=click.Path(dir_okay=False), help="contact sheet PNG: inputs and outputs")
 @click.option("--device", default="auto", show_default=True)
 def eval_translate(model: str, a: str, b: str, a_train: str | None, b_train: str | None, judge: str | None,
-                   directions: tuple[str, ...], max_images: int, no_fid: bool, json_path: str | None,
-                   sheet: str | None, device: str) -> None:
+                   directions: tuple[str, ...], max_images: int, run_size: str, no_fid: bool,
+                   json_path: str | None, sheet: str | None, device: str) -> None:
     """Judge share, judge-space Frechet distance, cycle L1, FID and KID, beside the identity and
     untrained baselines."""
     import json
@@ -272,7 +317,8 @@ def eval_translate(model: str, a: str, b: str, a_train: str | None, b_train: str
 
     result = evaluate_translation(model, a, b, judge=judge, directions=list(directions) or None,
                                   max_images=max_images, device=device, fid=not no_fid, a_train=a_train,
-                                  b_train=b_train, sheet=sheet, progress=lambda m: click.echo(m, err=True))
+                                  b_train=b_train, sheet=sheet, size=run_size,
+                                  progress=lambda m: click.echo(m, err=True))
     click.echo(format_table(result))
     if json_path:
         text = json.dumps(result, indent=2)

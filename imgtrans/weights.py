@@ -75,6 +75,12 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def check_name(name: str) -> None:
+    """Refuse names that could not be a manifest name (they would also be read as paths)."""
+    if not NAME_RE.match(name) or name in (".", ".."):
+        raise UserError(f"invalid model name {name!r}; use letters, digits, '_', '.' and '-' only")
+
+
 def read_manifest(folder: Path) -> list[dict[str, Any]]:
     """The entries of `folder/manifest.json`; a missing manifest means no models there."""
     path = folder / MANIFEST
@@ -91,7 +97,7 @@ def read_manifest(folder: Path) -> list[dict[str, Any]]:
     return models
 
 
-def _write_manifest(folder: Path, models: list[dict[str, Any]]) -> None:
+def write_manifest(folder: Path, models: list[dict[str, Any]]) -> None:
     text = json.dumps({"models": models}, indent=2) + "\n"
     atomic_write(folder / MANIFEST, lambda tmp: Path(tmp).write_text(text))
 
@@ -313,8 +319,7 @@ def load_generator(name_or_path: str | Path, direction: str | None = None) -> Lo
 # ----- importing ---------------------------------------------------------------------------
 def import_weights(path: str | Path, name: str, direction: str | None = None) -> Path:
     """Convert any accepted input into `IMGTRANS_HOME/NAME.safetensors` and list it in its manifest."""
-    if not NAME_RE.match(name) or name in (".", ".."):
-        raise UserError(f"invalid model name {name!r}; use letters, digits, '_', '.' and '-' only")
+    check_name(name)
     shipped = {m["name"] for m in read_manifest(repo_weights_dir())}
     if name in shipped:
         raise UserError(f"model name {name!r} is already used by {repo_weights_dir() / MANIFEST}, which would "
@@ -337,5 +342,5 @@ def import_weights(path: str | Path, name: str, direction: str | None = None) ->
         if key in meta:
             entry[key] = meta[key]
     models = [m for m in read_manifest(home) if m["name"] != name] + [entry]
-    _write_manifest(home, sorted(models, key=lambda m: m["name"]))
+    write_manifest(home, sorted(models, key=lambda m: m["name"]))
     return out

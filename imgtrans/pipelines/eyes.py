@@ -117,18 +117,22 @@ class EyeOpener:
 
     def open_folder(self, src: str | Path, dst: str | Path, fmt: str = "same", recursive: bool = True,
                     overwrite: bool = False, reference: str | Path | None = None,
-                    progress: Callable[[int], None] | None = None) -> tuple[FolderReport, dict[str, Any]]:
+                    progress: Callable[[int], None] | None = None,
+                    jobs: list[Job] | None = None) -> tuple[FolderReport, dict[str, Any]]:
         """Process every photo under `src` into the mirrored tree under `dst`.
 
         Photos with nothing to fix are copied byte for byte. Returns the folder report and a
-        per-photo report keyed by input path.
+        per-photo report keyed by input path. `jobs` (e.g. one process's share of a planned run)
+        replaces the planning; the report then lists no skipped files.
         """
         t0 = time.perf_counter()
-        work = plan(src, dst, fmt, recursive, overwrite)
-        report = FolderReport(skipped=work.skipped)
+        report = FolderReport()
+        if jobs is None:
+            work = plan(src, dst, fmt, recursive, overwrite)
+            jobs, report.skipped = work.jobs, work.skipped
         refs = self.references(_read_references(reference)) if reference else None
         photos: dict[str, Any] = {}
-        for job in work.jobs:
+        for job in jobs:
             try:
                 photos[str(job.src)] = self._one(job, refs, fmt)
                 report.converted.append(job.src)

@@ -6,7 +6,7 @@ import contextlib
 import datetime
 import os
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -40,14 +40,25 @@ def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
-def torchrun_env() -> tuple[int, int, int] | None:
-    """(rank, world_size, local_rank) when launched by torchrun with more than one process."""
+class TorchrunEnv(NamedTuple):
+    """This process's place among the processes torchrun started."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int  # processes on this machine
+
+
+def torchrun_env() -> TorchrunEnv | None:
+    """Where this process stands when launched by torchrun with more than one process, else None."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return None
     world = int(os.environ["WORLD_SIZE"])
     if world <= 1:
         return None
-    return int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0"))
+    # Launchers other than torchrun may leave LOCAL_WORLD_SIZE out; then assume one machine.
+    return TorchrunEnv(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")),
+                       int(os.environ.get("LOCAL_WORLD_SIZE", str(world))))
 
 
 @dataclass
@@ -152,7 +163,7 @@ def init_runtime(device: str = "auto", amp: str = "off") -> Runtime:
     if amp not in AMP_MODES:
         raise UserError(f"amp={amp!r}: choose one of {', '.join(AMP_MODES)}")
     env = torchrun_env()
-    rank, world, local = env if env else (0, 1, 0)
+    rank, world, local = (env.rank, env.world_size, env.local_rank) if env else (0, 1, 0)
     dev = select_device(device, local)
     if amp == "fp16" and dev.type == "cpu":
         raise UserError("amp=fp16 needs a GPU; on CPU use amp=bf16 or amp=off")

@@ -1,0 +1,102 @@
+"""Shipping weights: fp16 only when lossless enough, the file, sha256 and manifest entry, loading by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgtrans import ship as ship_mod
+from imgtrans.cli import run_cli
+from imgtrans.errors import UserError
+from imgtrans.nn import ResnetGenerator, init_weights
+from imgtrans.nn.generators import ResnetArch
+from imgtrans.train.checkpoint import load_export, save_export
+from imgtrans.weights import load_generator, read_manifest, sha256_file
+
+
+@pytest.fixture(autouse=True)
+def dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    weights = tmp_path / "weights"
+    monkeypatch.setenv("IMGTRANS_WEIGHTS", str(weights))
+    monkeypatch.setenv("IMGTRANS_HOME", str(tmp_path / "home"))
+    return weights
+
+
+def export(tmp_path: Path, objective: str = "cyclegan", in_channels: int = 3) -> tuple[Path, ResnetGenerator]:
+    torch.manual_seed(0)
+    net = ResnetGenerator(ResnetArch(in_channels=in_channels, ngf=8, n_blocks=2))
+    init_weights(net, 0.02)
+    meta = {"objective": objective, "network": "resnet_generator", "arch": net.arch.to_dict(), "steps": 7,
+            "train_size": 36}
+    if objective == "cyclegan":
+        meta["direction"] = "AtoB"
+    else:
+        meta.update({"size": 64, "box_spec": {"width": 0.6, "height": 0.4, "dy": 0.0}, "template": "arcface5"})
+    return save_export(tmp_path / "run" / "export", "AtoB", net.state_dict(), meta), net.eval()
+
+
+def test_ship_stores_fp16_checks_it_and_loads_by_name(tmp_path: Path, dirs: Path) -> None:
+    path, net = export(tmp_path)
+    metrics = tmp_path / "m.json"
+    metrics.write_text(json.dumps({"kid": 0.01}))
+    code = run_cli(["weights", "ship", str(path), "--name", "tiny2b", "--data", "synthetic", "--command", "make it",
+                    "--cpu-hours", "0.5", "--metrics", str(metrics), "--licence", "CC0"])
+    assert code == 0
+    [entry] = read_manifest(dirs)
+    assert entry["name"] == "tiny2b" and entry["storage"] == "fp16" and entry["task"] == "translate"
+    assert entry["sha256"] == sha256_file(dirs / entry["file"]) and entry["metrics"] == {"kid": 0.01}
+    assert entry["steps"] == 7 and entry["train_size"] == 36 and entry["cpu_hours"] == 0.5
+    assert 0 < entry["fp16_max_diff"] < ship_mod.FP16_MAX_DIFF
+    state, meta = load_export(dirs / entry["file"])
+    assert all(v.dtype == torch.float16 for v in state.values()) and meta["storage"] == "fp16"
+    loaded = load_generator("tiny2b")
+    x = ship_mod.probe_inputs(meta, 64)[0]
+    with torch.no_grad():
+        assert float((loaded.net(x) - net(x)).abs().max()) / 2 < ship_mod.FP16_MAX_DIFF
+    # Shipping again under the same name replaces the entry, never duplicates it.
+    assert run_cli(["weights", "ship", str(path), "--name", "tiny2b", "--data", "d", "--command", "c",
+                    "--cpu-hours", "1", "--no-fp16"]) == 0
+    [entry] = read_manifest(dirs)
+    assert entry["storage"] == "fp32" and "fp16_max_diff" not in entry
+    assert load_export(dirs / entry["file"])[0]["model.1.weight"].dtype == torch.float32
+
+
+def test_fp16_kept_only_below_the_bound(tmp_path: Path, dirs: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path, net = export(tmp_path)
+    state = {k: v.half().float() for k, v in net.state_dict().items()}
+    inputs = ship_mod.probe_inputs({"objective": "cyclegan"}, 32)
+    assert ship_mod.fp16_difference(state, net.arch, inputs) == 0.0  # already fp16-exact
+    assert ship_mod.fp16_difference(net.state_dict(), net.arch, inputs) > 0.0
+    monkeypatch.setattr(ship_mod, "FP16_MAX_DIFF", 0.0)
+    entry = ship_mod.ship(ship_mod.ShipRequest(export=path, name="strict", folder=dirs, probe_size=32))
+    assert entry["storage"] == "fp32"
+
+
+def test_ship_inpainter_probes_masked_faces(tmp_path: Path, dirs: Path) -> None:
+    from imgtrans.faces.inpaint import load_inpainter
+
+    path, _ = export(tmp_path, objective="eyes", in_channels=8)
+    inputs = ship_mod.probe_inputs(load_export(path)[1], 32)
+    assert inputs[0].shape == (1, 8, 64, 64) and np.isclose(float(inputs[0][0, 7].mean()), 1.0)
+    entry = ship_mod.ship(ship_mod.ShipRequest(export=path, name="eyes", folder=dirs, fields={"data": "x"}))
+    assert entry["task"] == "eye-inpainting" and "direction" not in entry and entry["data"] == "x"
+    assert load_inpainter("eyes").meta["name"] == "eyes"
+
+
+def test_ship_refuses_what_it_cannot_ship(tmp_path: Path, dirs: Path) -> None:
+    path, _ = export(tmp_path)
+    with pytest.raises(UserError, match="invalid model name"):
+        ship_mod.ship(ship_mod.ShipRequest(export=path, name="../x", folder=dirs))
+    state, meta = load_export(path)
+    other = save_export(tmp_path, "judge", state, {**meta, "objective": "judge"})
+    with pytest.raises(UserError, match="not an exported imgtrans generator"):
+        ship_mod.ship(ship_mod.ShipRequest(export=other, name="j", folder=dirs))
+    bad = tmp_path / "m.json"
+    bad.write_text("{")
+    assert run_cli(["weights", "ship", str(path), "--name", "n", "--data", "d", "--command", "c", "--cpu-hours", "1",
+                    "--metrics", str(bad)]) == 2
+    assert read_manifest(dirs) == []
