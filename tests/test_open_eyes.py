@@ -230,3 +230,18 @@ def test_folder_copies_untouched_photos_and_reports(tmp_path: Path) -> None:
     changed = (fixed != original).any(-1)
     allowed = photo_region(fixing, face_at(150, 100, 40), (200, 300))
     assert changed.any() and not (changed & ~allowed).any()  # PNG: bit-identical outside the masks
+
+
+def test_models_take_the_same_device_names_as_the_cli() -> None:
+    import torch
+
+    from imgtrans.errors import UserError
+    from imgtrans.faces.inpaint import Inpainter
+    from imgtrans.nn import ResnetGenerator
+
+    net = ResnetGenerator(in_channels=8, ngf=8, n_blocks=1)
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert Inpainter(net, {}, device="auto").device.type == expected  # "auto" once was a traceback
+    assert Inpainter(net, {}, device="cpu").device == torch.device("cpu")
+    with pytest.raises(UserError, match="not a device"):
+        Inpainter(net, {}, device="gpu0")

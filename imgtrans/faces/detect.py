@@ -112,11 +112,11 @@ class MTCNNDetector:
                 from facenet_pytorch import MTCNN
             except ImportError as e:
                 raise UserError(INSTALL_HINT) from e
-            import torch
+            from imgtrans.train.runtime import select_device
 
             self._mtcnn = MTCNN(
                 keep_all=True, post_process=False, select_largest=False,
-                device=torch.device(self.config.device), min_face_size=self.config.min_face,
+                device=select_device(self.config.device), min_face_size=self.config.min_face,
             ).eval()
         return self._mtcnn
 

@@ -14,6 +14,7 @@ from imgtrans.errors import UserError
 from imgtrans.faces.eyes import EyeBoxSpec, box_mask, eye_boxes
 from imgtrans.objectives.eyes import EyeInpainting, compose_input
 from imgtrans.train.checkpoint import load_export
+from imgtrans.train.runtime import select_device
 from imgtrans.weights import resolve_export
 
 EXPORT_NAME = "inpainter.safetensors"  # what an `imgtrans train eyes` run writes under export/
@@ -25,7 +26,7 @@ class Inpainter:
 
     def __init__(self, net: nn.Module, meta: dict[str, Any], device: str | torch.device = "cpu",
                  batch_size: int = 16) -> None:
-        self.device = torch.device(device)
+        self.device = select_device(str(device))  # "auto" and bad names handled, as everywhere
         self.net = net.float().eval().to(self.device)
         self.meta = meta
         self.batch_size = batch_size  # faces per forward pass: bounds memory on big group photos
