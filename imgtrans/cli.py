@@ -116,7 +116,8 @@ def translate(input_path: str, output_path: str, model: str | None, weights: str
     """Translate a photo or a folder of photos (mirrored into OUTPUT) with a model."""
     from tqdm import tqdm
 
-    from imgtrans.pipelines.folders import folder_shard, plan
+    from imgtrans.pipelines.folders import plan
+    from imgtrans.pipelines.shard import folder_shard
     from imgtrans.pipelines.translate import TranslateConfig, Translator
     from imgtrans.weights import load_generator
 
@@ -178,7 +179,8 @@ def open_eyes(input_path: str, output_path: str, reference: str | None, all_face
     from imgtrans.faces.inpaint import load_inpainter
     from imgtrans.io import atomic_write
     from imgtrans.pipelines.eyes import EyeConfig, EyeOpener
-    from imgtrans.pipelines.folders import folder_shard, plan
+    from imgtrans.pipelines.folders import plan
+    from imgtrans.pipelines.shard import folder_shard
 
     with folder_shard() as shard:  # under torchrun: this process's share of the files
         # Planned before any model loads, so a bad path fails fast.

@@ -10,6 +10,7 @@ from imgtrans.errors import UserError
 # name -> "module:Class". Adding a model = one objective file + one line here.
 OBJECTIVES: dict[str, str] = {
     "cyclegan": "imgtrans.objectives.cyclegan:CycleGAN",
+    "cut": "imgtrans.objectives.cut:CUT",
     "judge": "imgtrans.objectives.judge:Judge",
     "eyes": "imgtrans.objectives.eyes:EyeInpainting",
     "eyestate": "imgtrans.objectives.eyestate:EyeState",

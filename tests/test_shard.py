@@ -15,7 +15,8 @@ from PIL import Image
 
 from imgtrans.cli import run_cli
 from imgtrans.nn import ResnetGenerator, init_weights
-from imgtrans.pipelines.folders import FolderReport, Shard, merge_reports, pixel_count, plan, shard
+from imgtrans.pipelines.folders import FolderReport, plan
+from imgtrans.pipelines.shard import Shard, merge_reports, pixel_count, shard
 from imgtrans.train.checkpoint import save_export
 from imgtrans.train.runtime import TorchrunEnv, torchrun_env
 
@@ -116,19 +117,19 @@ def test_each_rank_gets_its_own_gpu(gpus: int, option: str, expected: str, monke
 
 
 def test_thread_share(monkeypatch: pytest.MonkeyPatch) -> None:
-    from imgtrans.pipelines import folders
+    from imgtrans.pipelines import shard as sharing
 
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("OMP_NUM_THREADS", "1")
         torch.set_num_threads(1)
-        folders._share_threads(TorchrunEnv(0, 2, 0, 2))
+        sharing._share_threads(TorchrunEnv(0, 2, 0, 2))
         assert torch.get_num_threads() == 1  # the user's (or torchrun's) setting wins
         monkeypatch.delenv("OMP_NUM_THREADS")
         monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
-        folders._share_threads(TorchrunEnv(0, 8, 0, 4))
+        sharing._share_threads(TorchrunEnv(0, 8, 0, 4))
         assert torch.get_num_threads() == 2
-        folders._share_threads(TorchrunEnv(0, 16, 0, 16))
+        sharing._share_threads(TorchrunEnv(0, 16, 0, 16))
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -85,5 +86,29 @@ class ResnetGenerator(nn.Module):
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(a.ngf, a.out_channels, 7), nn.Tanh()]
         self.model = nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+    def forward(self, x: torch.Tensor, layers: Sequence[int] = ()) -> torch.Tensor | list[torch.Tensor]:
+        """The translated image; or, given `layers`, the outputs of those `model` children, in order.
+
+        With `layers` the pass stops after the deepest requested child (encoder features for
+        contrastive losses such as CUT's). It is still this module's forward, so DDP wrappers see it.
+        """
+        if not layers:
+            return self.model(x)
+        return self._taps(x, layers)
+
+    def _taps(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:
+        n = len(self.model)
+        bad = [i for i in layers if not 0 <= i < n]
+        if bad:
+            raise ValueError(f"layer indices {bad} out of range: the generator has children 0..{n - 1}")
+        wanted, last = set(layers), max(layers)
+        feats: dict[int, torch.Tensor] = {}
+        for i, child in enumerate(self.model):
+            x = child(x)
+            if i in wanted:
+                following = self.model[i + 1] if i + 1 < n else None
+                # A norm output tapped before an in-place ReLU would be overwritten by it.
+                feats[i] = x.clone() if i < last and getattr(following, "inplace", False) else x
+            if i == last:
+                break
+        return [feats[i] for i in layers]
