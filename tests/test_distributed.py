@@ -62,7 +62,9 @@ def test_two_processes_stay_identical_and_match_one(domains: tuple[Path, Path], 
             net.load_state_dict(state["nets"][name])
             with torch.no_grad():
                 outs.append(net(x))
-        assert (outs[0] - outs[1]).abs().max().item() < 1e-3, name
+        # Weight differences of 2e-4 move outputs by up to a few 1e-3 (seen 2.4e-3 with one thread
+        # per process); a real desync moves them by 1e-1 and more.
+        assert (outs[0] - outs[1]).abs().max().item() < 1e-2, name
     # Logged losses are global-batch means on both: step 1 (before any update) and step 2
     # (after one) agree to float precision, so data, losses and gradients are the same.
     stats = [[json.loads(x) for x in (d / "stats.jsonl").read_text().splitlines()] for d in (run_dir, single_dir)]

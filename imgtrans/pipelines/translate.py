@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,12 +15,15 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from imgtrans.errors import UserError
 from imgtrans.io import MAX_PIXELS, ImageReadError, Photo, read_photo, write_photo
 from imgtrans.pipelines.folders import FolderReport, Job, plan
-from imgtrans.tiling import needs_tiling, run_padded, run_tiled
+from imgtrans.tiling import needs_tiling, run_padded, run_tiled, tile_spans
 from imgtrans.train.runtime import select_device
 
 ImageLike = TypeVar("ImageLike", Image.Image, np.ndarray, torch.Tensor)
+
+PRECISIONS = ("fp32", "bf16", "auto")
 
 
 @dataclass(frozen=True)
@@ -27,13 +31,14 @@ class TranslateConfig:
     """How photos are fed to the network."""
 
     size: int = 0  # run at this short side and resize the result back; 0: native resolution
-    tile: int = 0  # tile side; 0: tile only images over pixel_budget (with tile 512)
+    tile: int = 0  # tile side; 0: tile only images over pixel_budget (tiles of 256-576, spread evenly)
     overlap: int = 64
     pixel_budget: int = 2_000_000  # larger images run in tiles
     stats_size: int = 512  # long side of the downscaled copy that gives tiles their norm stats
     batch_size: int = 4  # same-size images per forward pass
     max_pixels: int = MAX_PIXELS
     quality: int = 95
+    precision: str = "auto"  # fp32 | bf16 | auto (see autocast_dtype)
 
 
 def to_input(rgb: np.ndarray) -> torch.Tensor:
@@ -44,8 +49,47 @@ def to_input(rgb: np.ndarray) -> torch.Tensor:
 
 def to_rgb(t: torch.Tensor) -> np.ndarray:
     """1x3xHxW in [-1, 1] -> HxWx3 uint8 (rounded, not truncated)."""
-    x = t[0].float().clamp(-1, 1).add(1.0).mul(127.5).round().to(torch.uint8)
-    return x.permute(1, 2, 0).cpu().numpy()
+    return _to_uint8(t)[0].permute(1, 2, 0).cpu().numpy()
+
+
+def _to_uint8(t: torch.Tensor) -> torch.Tensor:
+    """Nx3xHxW in [-1, 1] -> uint8 on the same device (a quarter of the bytes to copy back)."""
+    return t.float().clamp(-1, 1).add(1.0).mul(127.5).round().to(torch.uint8)
+
+
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), the only case where bf16
+    autocast is faster than fp32 there: without it oneDNN emulates bf16, measured ~4x slower
+    than fp32 for the ResNet generator (benchmarks/README.md). Unknown means no."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    for name in probes:
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except RuntimeError:
+            continue
+    return False
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for a precision setting on `device`; None means plain float32.
+
+    `auto` lowers precision only where it is known to be faster: CUDA (bf16 where supported,
+    else fp16) and CPUs with native bf16. bf16 output stays above 40 dB PSNR of fp32 on real
+    photos (benchmarks/translate.py checks it).
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and native_cpu_bf16():
+        return torch.bfloat16
+    return None
 
 
 class Translator:
@@ -60,9 +104,12 @@ class Translator:
         self.device = select_device(device)
         self.meta = meta or {}
         self.config = config or TranslateConfig()
+        self.dtype = autocast_dtype(self.config.precision, self.device)
         self.net = net.eval().to(self.device)
         if self.device.type == "cuda":
+            # NHWC lets cuDNN use tensor-core kernels; benchmark mode picks the fastest per shape.
             self.net = self.net.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
         self.stride = int(getattr(net, "stride", 4))
 
     # ----- core ---------------------------------------------------------------------------
@@ -73,10 +120,47 @@ class Translator:
         k = s / min(h, w)
         return max(1, round(h * k)), max(1, round(w * k))
 
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x = x.pin_memory()  # page-locked, so the copy below runs asynchronously
+        return x.to(self.device, non_blocking=True)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    def _per_forward(self) -> int:
+        # On CPU one image per forward is faster than a batch (ResNet-9 at 256 px: 4 images in
+        # one pass cost ~16% more per image, the activations fall out of cache); GPUs want batches.
+        return 1 if self.device.type == "cpu" else max(1, self.config.batch_size)
+
+    def _tile_side(self, h: int, w: int) -> int:
+        """The tile side for an h x w image: the configured one, or in automatic mode the side
+        (256 to 576, a multiple of 16 strides) whose evenly spread tiles compute the fewest pixels.
+
+        Measured on 2048x1536 (benchmarks/README.md): fixed 512 tiles compute 1.67x the image's
+        pixels, 576 tiles 1.27x. Sides off the 16-stride grid run slower per pixel (464: +16% over
+        448, the deepest features are then no whole number of 16-float vectors wide), and tiles
+        past 576 slower too (the activations leave the cache).
+        """
+        c = self.config
+        if c.tile > 0:
+            return c.tile
+        align = 16 * self.stride
+
+        def computed(t: int) -> int:
+            rows, cols = (tile_spans(n, t, c.overlap, self.stride) for n in (h, w))
+            return sum(b - a for a, b in rows) * sum(b - a for a, b in cols)
+
+        low = max(256, -(-(2 * c.overlap + align) // align) * align)  # the overlap must not fill a tile
+        candidates = range(max(low, 576 // align * align), low - 1, -align)
+        return min(candidates, key=lambda t: (computed(t), -t))
+
     @torch.inference_mode()
-    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Nx3xHxW in [-1, 1] (same size) -> same shape, on CPU."""
-        x = x.to(self.device, non_blocking=True)
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Nx3xHxW in [-1, 1] (same size, any device) -> same shape on the device, float32."""
+        x = self._to_device(x)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         h, w = x.shape[-2:]
@@ -84,20 +168,30 @@ class Translator:
         if (sh, sw) != (h, w):
             x = F.interpolate(x, size=(sh, sw), mode="bicubic", align_corners=False, antialias=True)
         c = self.config
-        if c.tile > 0 or needs_tiling(sh, sw, c.pixel_budget):
-            tile = c.tile or 512
-            y = torch.cat([run_tiled(self.net, xi[None], tile=tile, overlap=c.overlap, multiple=self.stride,
-                                     stats_size=c.stats_size) for xi in x])
-        else:
-            y = run_padded(self.net, x, self.stride)
+        with self._autocast():
+            if c.tile > 0 or needs_tiling(sh, sw, c.pixel_budget):
+                tile = self._tile_side(sh, sw)
+                parts = [run_tiled(self.net, xi[None], tile=tile, overlap=c.overlap, multiple=self.stride,
+                                   stats_size=c.stats_size) for xi in x]
+            else:
+                parts = [run_padded(self.net, xi, self.stride) for xi in x.split(self._per_forward())]
+            y = torch.cat(parts).float()
         if (sh, sw) != (h, w):
             y = F.interpolate(y, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
-        return y.clamp(-1, 1).float().cpu()
+        return y.clamp(-1, 1)
 
+    def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Nx3xHxW in [-1, 1] (same size) -> same shape, on CPU."""
+        return self._forward(x).cpu()
+
+    @torch.inference_mode()
     def translate_rgb(self, rgbs: list[np.ndarray]) -> list[np.ndarray]:
-        """Same-size HxWx3 uint8 arrays -> translated arrays, in one forward pass."""
-        y = self.run_tensor(torch.cat([to_input(a) for a in rgbs]))
-        return [to_rgb(y[i:i + 1]) for i in range(len(rgbs))]
+        """Same-size HxWx3 uint8 arrays -> translated arrays (batched where that is faster)."""
+        # uint8 crosses to the device and back: a quarter of the bytes of float32.
+        u8 = torch.from_numpy(np.stack(rgbs)).permute(0, 3, 1, 2)
+        x = self._to_device(u8).float().div_(127.5).sub_(1.0)
+        out = _to_uint8(self._forward(x)).permute(0, 2, 3, 1).contiguous().cpu().numpy()
+        return list(out)
 
     def translate_photo(self, photo: Photo) -> Photo:
         out = self.translate_rgb([photo.rgb])[0]

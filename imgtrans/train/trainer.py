@@ -68,6 +68,16 @@ def _params(nets: Iterable[nn.Module]) -> list[nn.Parameter]:
     return [p for net in nets for p in net.parameters()]
 
 
+def adam_kernel(device: torch.device) -> dict[str, bool]:
+    """Adam's implementation for `device`: the fused kernel where torch has one (CPU, CUDA).
+
+    Measured in benchmarks/train.py: on CPU fused Adam updates a CycleGAN's G and D 2.7-3.1x
+    faster than the per-tensor loop torch defaults to there (foreach is slower on CPU). Its state
+    dict is the same, so checkpoints resume across implementations (to rounding, not bit for bit).
+    """
+    return {"fused": True} if device.type in ("cpu", "cuda") else {}
+
+
 def fingerprint(nets: dict[str, nn.Module]) -> str:
     """sha256 of every parameter and buffer, bit for bit: equal across ranks when in sync."""
     h = hashlib.sha256()
@@ -108,7 +118,8 @@ class Trainer:
         if unknown:
             raise ValueError(f"phase {phase.name} names unknown networks {unknown}")
         params = _params(self.raw[n] for n in phase.nets)
-        return torch.optim.Adam(params, lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay)
+        return torch.optim.Adam(params, lr=phase.lr, betas=phase.betas, weight_decay=phase.weight_decay,
+                                **adam_kernel(self.rt.device))
 
     # ----- state -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
