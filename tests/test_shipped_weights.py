@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import data_root
@@ -64,3 +65,19 @@ def test_shipped_judges_tell_the_test_domains_apart(name: str) -> None:
         probs = judge.judge(rgbs).p_b
         hits += list((probs > 0.5) == bool(label))
     assert np.mean(hits) >= 0.7  # held-out train-split accuracy is in the manifest (about 0.9)
+
+
+@pytest.mark.skipif(not any(e["name"] == "dcgan-faces" for e in MANIFEST), reason="no shipped face model")
+def test_shipped_face_model_has_unit_directions_and_edits_faces() -> None:
+    from imgtrans.pipelines.latent import edit, latents, load_face_model
+
+    model = load_face_model("dcgan-faces")
+    assert set(model.directions) == {"male", "age", "eyes_open"}
+    for vector in model.directions.values():
+        assert vector.shape == (model.nz,) and abs(float(vector.norm()) - 1) < 1e-5
+    z = latents([3, 5], model.nz)
+    faces = model.generate(z)
+    assert faces.shape == (2, 3, 64, 64) and float(faces.std()) > 0.1  # faces, not a flat image
+    assert torch.equal(model.generate(edit(z, {"male": 0.0}, model.directions)), faces)
+    moved = model.generate(edit(z, {"male": -3.0}, model.directions))
+    assert float((moved - faces).abs().mean()) > 0.02
