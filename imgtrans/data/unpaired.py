@@ -74,3 +74,16 @@ class UnpairedImages(DomainImages):
     def __init__(self, a: str | Path, b: str | Path, spec: CropSpec, seed: int = 0) -> None:
         super().__init__({"A": scan_folder(a, "A"), "B": scan_folder(b, "B")}, train_pipeline(spec), seed)
         self.spec = spec
+
+
+def pair_tag(model: str, a: str, b: str) -> str:
+    """A short run name for a two-folder model: the folders' common parent (e.g. cyclegan-horse2zebra)."""
+    pa, pb = Path(a).resolve().parent, Path(b).resolve().parent
+    return f"{model}-{pa.name}" if pa == pb and pa.name else model
+
+
+def two_domains(model: str, a: str, b: str, spec: CropSpec, seed: int) -> UnpairedImages:
+    """The training set of a model that needs both folders, or a one-line error naming the flags."""
+    if not a or not b:
+        raise UserError(f"{model} needs both domains: pass --a FOLDER and --b FOLDER")
+    return UnpairedImages(a, b, spec, seed=seed)

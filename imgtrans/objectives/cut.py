@@ -15,14 +15,13 @@ numbers unchanged would tap a norm output at 8 and blocks 3 and 7 instead.)
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
 from imgtrans.data.transforms import CropSpec, load_size_for
-from imgtrans.data.unpaired import UnpairedImages
+from imgtrans.data.unpaired import UnpairedImages, pair_tag, two_domains
 from imgtrans.errors import UserError
 from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weights
 from imgtrans.nn.discriminators import PatchArch
@@ -137,18 +136,14 @@ class CUT(ObjectiveBase):
         self._fake: torch.Tensor | None = None  # G phase -> D phase of the same step
 
     def tag(self) -> str:
-        """A short run name: the data folders' common parent (e.g. horse2zebra)."""
-        pa, pb = Path(self.cfg.a).resolve().parent, Path(self.cfg.b).resolve().parent
-        return f"{self.name}-{pa.name}" if pa == pb and pa.name else self.name
+        return pair_tag(self.name, self.cfg.a, self.cfg.b)
 
     def phases(self) -> list[Phase]:
         betas = (self.cfg.beta1, self.cfg.beta2)
         return [Phase("G", ("G_AB", "F"), self.cfg.lr, betas), Phase("D", ("D_B",), self.cfg.lr, betas)]
 
     def dataset(self) -> UnpairedImages:
-        if not self.cfg.a or not self.cfg.b:
-            raise UserError("cut needs both domains: pass --a FOLDER and --b FOLDER")
-        return UnpairedImages(self.cfg.a, self.cfg.b, self.cfg.crop_spec(), seed=self.seed)
+        return two_domains(self.name, self.cfg.a, self.cfg.b, self.cfg.crop_spec(), self.seed)
 
     def loss(self, phase: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
         return self._loss_g(batch) if phase == "G" else self._loss_d(batch)
