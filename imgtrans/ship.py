@@ -105,7 +105,9 @@ def ship(req: ShipRequest) -> dict[str, Any]:
         "architecture": meta["arch"],
         "storage": storage,
         **({"fp16_max_diff": round(diff, 6)} if diff is not None else {}),
-        **{k: meta[k] for k in ("train_size", "steps") if k in meta},
+        # The in-painter records its aligned face size as `size`; translation exports as `train_size`.
+        **({"train_size": meta.get("train_size", meta.get("size"))} if "train_size" in meta or "size" in meta else {}),
+        **({"steps": meta["steps"]} if "steps" in meta else {}),
         **req.fields,
     }
     models = [m for m in read_manifest(req.folder) if m["name"] != req.name] + [entry]

@@ -35,6 +35,7 @@ def export(tmp_path: Path, objective: str = "cyclegan", in_channels: int = 3) ->
     if objective == "cyclegan":
         meta["direction"] = "AtoB"
     else:
+        del meta["train_size"]  # the in-painter's export says `size`, as objectives/eyes.py writes it
         meta.update({"size": 64, "box_spec": {"width": 0.6, "height": 0.4, "dy": 0.0}, "template": "arcface5"})
     return save_export(tmp_path / "run" / "export", "AtoB", net.state_dict(), meta), net.eval()
 
@@ -84,6 +85,7 @@ def test_ship_inpainter_probes_masked_faces(tmp_path: Path, dirs: Path) -> None:
     assert inputs[0].shape == (1, 8, 64, 64) and np.isclose(float(inputs[0][0, 7].mean()), 1.0)
     entry = ship_mod.ship(ship_mod.ShipRequest(export=path, name="eyes", folder=dirs, fields={"data": "x"}))
     assert entry["task"] == "eye-inpainting" and "direction" not in entry and entry["data"] == "x"
+    assert entry["train_size"] == 64  # the in-painter's aligned face size
     assert load_inpainter("eyes").meta["name"] == "eyes"
 
 

@@ -81,3 +81,18 @@ def test_shipped_face_model_has_unit_directions_and_edits_faces() -> None:
     assert torch.equal(model.generate(edit(z, {"male": 0.0}, model.directions)), faces)
     moved = model.generate(edit(z, {"male": -3.0}, model.directions))
     assert float((moved - faces).abs().mean()) > 0.02
+
+
+@pytest.mark.data
+@pytest.mark.skipif(not any(e["name"] == "eyes" for e in MANIFEST), reason="no shipped eye in-painter")
+def test_shipped_inpainter_beats_the_baselines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgtrans.eval.eyes import evaluate_eyes
+
+    monkeypatch.setenv("IMGTRANS_HOME", str(tmp_path))  # held-out landmarks come from MTCNN, not a cache
+    result = evaluate_eyes("eyes", data_root() / "faces", max_faces=24)
+    systems = result["systems"]
+    model = systems["model"]
+    for baseline in ("flat", "telea", "exemplar_paste"):
+        assert model["ssim_eyes"] > systems[baseline]["ssim_eyes"], baseline
+        assert model["landmark_error"] < systems[baseline]["landmark_error"], baseline
+    assert model["psnr_mask"] > systems["flat"]["psnr_mask"] - 1.0  # issue 7's bar
