@@ -322,3 +322,20 @@ def test_eval_runs_at_the_requested_size(tiny_cyclegan: tuple[Path, Path, Path])
     assert cycle[0] != cycle[1]  # a 36 px pass and the resize back change the outputs
     with pytest.raises(UserError, match="short side"):
         evaluate_translation(str(run_dir), a, b, device="cpu", fid=False, max_images=2, size="big")
+
+
+def test_eval_runs_the_networks_in_fp32(tiny_cyclegan: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Figures describe the weights, so no device's `auto` reduced precision may creep in."""
+    import imgtrans.eval.translate as evaluation
+
+    seen: list[str] = []
+
+    class Recording(evaluation.Translator):
+        def __init__(self, *args: object, **kwargs: object) -> None:
+            super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+            seen.append(self.config.precision)
+
+    monkeypatch.setattr(evaluation, "Translator", Recording)
+    run_dir, a, b = tiny_cyclegan
+    evaluate_translation(str(run_dir), a, b, device="cpu", fid=False, max_images=1)
+    assert seen == ["fp32"] * 4  # model and untrained baseline, both directions

@@ -198,10 +198,10 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
     test = {"A": load_set(a, "A", max_images), "B": load_set(b, "B", max_images)}
     trains = {"A": a_train, "B": b_train}
     sizes = {d: run_size(size, g.meta) for d, g in nets.items()}
-    translators = {d: Translator(g.net, g.meta, device=device, config=TranslateConfig(size=sizes[d]))
-                   for d, g in nets.items()}
-    untrained = {d: Translator(untrained_like(g.meta["arch"], seed + i), device=device,
-                               config=TranslateConfig(size=sizes[d]))
+    # Figures are of the weights, not of a device's reduced-precision arithmetic: always fp32.
+    configs = {d: TranslateConfig(size=sizes[d], precision="fp32") for d in nets}
+    translators = {d: Translator(g.net, g.meta, device=device, config=configs[d]) for d, g in nets.items()}
+    untrained = {d: Translator(untrained_like(g.meta["arch"], seed + i), device=device, config=configs[d])
                  for i, (d, g) in enumerate(nets.items())}
 
     result: dict[str, Any] = {
