@@ -123,3 +123,27 @@ def test_unknown_gan_mode() -> None:
 
 def test_l1() -> None:
     assert l1(torch.zeros(2, 3), torch.full((2, 3), -0.5)).item() == pytest.approx(0.5)
+
+
+def test_residual_generator_starts_as_the_identity_and_learns_an_edit() -> None:
+    from imgtrans.nn import ResnetGenerator, init_weights
+    from imgtrans.nn.generators import ResnetArch
+
+    torch.manual_seed(0)
+    plain = ResnetGenerator(ResnetArch(ngf=8, n_blocks=2))
+    net = init_weights(ResnetGenerator(ResnetArch(ngf=8, n_blocks=2, residual=True)))
+    assert len(net.model) == len(plain.model)  # same child indices for feature taps
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    assert torch.equal(net(x), x)  # exactly the input before training
+    assert not torch.allclose(init_weights(plain)(x), x, atol=0.1)  # the reference form redraws the photo
+    # One gradient step on the edit layer moves the output, with no tanh bounding it.
+    loss = (net(x) - 2.0).abs().mean()
+    loss.backward()
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.grad is not None:
+                p -= 0.5 * p.grad.sign()
+    y = net(x)
+    assert (y - x).abs().mean() > 0.1 and y.max() > 1.0
+    with pytest.raises(ValueError, match="residual"):
+        ResnetGenerator(ResnetArch(in_channels=1, out_channels=3, residual=True))

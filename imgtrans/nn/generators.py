@@ -21,6 +21,10 @@ class ResnetArch:
     n_blocks: int = 9
     norm: str = "instance"
     dropout: bool = False
+    # Output = input + a learned edit (no final tanh), the edit's layer zero-initialised: the net
+    # starts as the identity map and keeps the photo's detail from step one, so short CPU runs
+    # spend their steps on the domain change instead of learning to redraw the photo.
+    residual: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,7 +58,8 @@ class ResnetBlock(nn.Module):
 class ResnetGenerator(nn.Module):
     """c7s1-ngf, two stride-2 downsamplings, n residual blocks, two upsamplings, c7s1-out, tanh.
 
-    Input and output are in [-1, 1]. The network is fully convolutional with a total stride of
+    Input and output are in [-1, 1]; the residual form (`ResnetArch.residual`) has no tanh and
+    returns input + edit, unclamped. The network is fully convolutional with a total stride of
     4, so any input whose sides are multiples of 4 keeps its size.
     """
 
@@ -83,8 +88,23 @@ class ResnetGenerator(nn.Module):
                 make_norm(c // 2),
                 nn.ReLU(True),
             ]
-        layers += [nn.ReflectionPad2d(3), nn.Conv2d(a.ngf, a.out_channels, 7), nn.Tanh()]
+        if a.residual and a.out_channels > a.in_channels:
+            raise ValueError("a residual generator needs at least as many input as output channels")
+        # Identity keeps the child count (and so the indices CUT taps) the same in both forms.
+        layers += [nn.ReflectionPad2d(3), nn.Conv2d(a.ngf, a.out_channels, 7),
+                   nn.Identity() if a.residual else nn.Tanh()]
         self.model = nn.Sequential(*layers)
+        self.zero_init()
+
+    def zero_init(self) -> None:
+        """Zero the edit layer of a residual generator, so that it starts as the identity map.
+
+        `init_weights` calls this after drawing every weight; it does nothing for the reference form.
+        """
+        if self.arch.residual:
+            last = self.model[-2]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor, layers: Sequence[int] = ()) -> torch.Tensor | list[torch.Tensor]:
         """The translated image; or, given `layers`, the outputs of those `model` children, in order.
@@ -93,7 +113,10 @@ class ResnetGenerator(nn.Module):
         contrastive losses such as CUT's). It is still this module's forward, so DDP wrappers see it.
         """
         if not layers:
-            return self.model(x)
+            y = self.model(x)
+            # Unbounded during training, so no pixel loses its gradient at the range ends; every
+            # consumer of images clamps to [-1, 1] (and the discriminators learn that real images do not leave it).
+            return x[:, : self.arch.out_channels] + y if self.arch.residual else y
         return self._taps(x, layers)
 
     def _taps(self, x: torch.Tensor, layers: Sequence[int]) -> list[torch.Tensor]:

@@ -20,4 +20,8 @@ def init_weights(net: nn.Module, gain: float = 0.02) -> nn.Module:
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.normal_(m.weight, 1.0, gain)
             nn.init.zeros_(m.bias)
+    for m in net.modules():
+        zero_init = getattr(m, "zero_init", None)
+        if callable(zero_init):  # layers a network wants to start at zero (e.g. a residual edit)
+            zero_init()
     return net

@@ -34,6 +34,7 @@ class CycleGANConfig:
     n_layers_d: int = 3
     norm: str = "instance"
     dropout: bool = False
+    residual: bool = False  # generator = input + learned edit, starting as the identity (ResnetArch)
     spectral_norm: bool = False
     gan_mode: str = "lsgan"
     lambda_cycle: float = 10.0
@@ -52,7 +53,8 @@ class CycleGANConfig:
                         flip=self.flip)
 
     def generator_arch(self) -> ResnetArch:
-        return ResnetArch(ngf=self.ngf, n_blocks=self.n_blocks, norm=self.norm, dropout=self.dropout)
+        return ResnetArch(ngf=self.ngf, n_blocks=self.n_blocks, norm=self.norm, dropout=self.dropout,
+                          residual=self.residual)
 
     def discriminator_arch(self) -> PatchArch:
         return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm)
