@@ -28,11 +28,3 @@ def conv_bias(kind: str) -> bool:
     """Convolutions before BatchNorm need no bias (the norm's shift replaces it)."""
     return kind != "batch"
 
-
-def per_sample(kind: str) -> bool:
-    """True when a network's output for one image does not depend on the rest of its batch.
-
-    Then two forwards can be run as one over the concatenated batch with the same result, which
-    runs fewer, larger convolutions (faster on CPU at batch 1). BatchNorm in training mixes samples.
-    """
-    return kind != "batch"

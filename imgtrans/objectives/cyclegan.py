@@ -14,7 +14,6 @@ from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weigh
 from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.losses import l1
-from imgtrans.nn.norm import per_sample
 from imgtrans.train.objective import Losses, ObjectiveBase, Phase
 from imgtrans.train.pool import ImagePool
 
@@ -101,10 +100,7 @@ class CycleGAN(ObjectiveBase):
     def _loss_g(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
         c, n = self.cfg, self.nets
         real_a, real_b = batch["A"], batch["B"]
-        idt = c.lambda_identity > 0
-        # The identity pass runs in the same forward as the translation: G_AB(B) beside G_AB(A).
-        fake_b, idt_b = self._forward("G_AB", real_a, real_b if idt else None, c.norm)
-        fake_a, idt_a = self._forward("G_BA", real_b, real_a if idt else None, c.norm)
+        fake_b, fake_a = n["G_AB"](real_a), n["G_BA"](real_b)
         rec_a, rec_b = n["G_BA"](fake_b), n["G_AB"](fake_a)
         terms: Losses = {
             "G_AB": self.gan(n["D_B"](fake_b), True, for_d=False),
@@ -112,31 +108,20 @@ class CycleGAN(ObjectiveBase):
             "cycle_A": l1(rec_a, real_a) * c.lambda_cycle,
             "cycle_B": l1(rec_b, real_b) * c.lambda_cycle,
         }
-        if idt_a is not None and idt_b is not None:
+        if c.lambda_identity > 0:
             w = c.lambda_cycle * c.lambda_identity
-            terms["idt_A"] = l1(idt_a, real_a) * w
-            terms["idt_B"] = l1(idt_b, real_b) * w
+            terms["idt_A"] = l1(n["G_BA"](real_a), real_a) * w
+            terms["idt_B"] = l1(n["G_AB"](real_b), real_b) * w
         self._fakes = {"A": fake_a.detach().float(), "B": fake_b.detach().float()}
         total = sum(terms.values())
         return total, {k: v.detach() for k, v in terms.items()}
 
-    def _forward(self, net: str, x: torch.Tensor, extra: torch.Tensor | None,
-                 norm: str) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """`net(x)` and `net(extra)`, in one forward over both batches where that gives the same result."""
-        if extra is None:
-            return self.nets[net](x), None
-        if not per_sample(norm):
-            return self.nets[net](x), self.nets[net](extra)
-        out = self.nets[net](torch.cat([x, extra]))
-        return out[: len(x)], out[len(x):]
-
     def _loss_d(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
         terms: Losses = {}
         for domain in ("A", "B"):
+            d = self.nets[f"D_{domain}"]
             fake = self.pools[domain].query(self._fakes[domain])
-            pred_real, pred_fake = self._forward(f"D_{domain}", batch[domain], fake, self.cfg.norm)
-            assert pred_fake is not None
-            terms[f"D_{domain}"] = 0.5 * (self.gan(pred_real, True) + self.gan(pred_fake, False))
+            terms[f"D_{domain}"] = 0.5 * (self.gan(d(batch[domain]), True) + self.gan(d(fake), False))
         total = terms["D_A"] + terms["D_B"]
         return total, {k: v.detach() for k, v in terms.items()}
 
