@@ -27,4 +27,3 @@ def norm_layer(kind: str) -> Callable[[int], nn.Module]:
 def conv_bias(kind: str) -> bool:
     """Convolutions before BatchNorm need no bias (the norm's shift replaces it)."""
     return kind != "batch"
-
