@@ -147,3 +147,32 @@ def test_residual_generator_starts_as_the_identity_and_learns_an_edit() -> None:
     assert (y - x).abs().mean() > 0.1 and y.max() > 1.0
     with pytest.raises(ValueError, match="residual"):
         ResnetGenerator(ResnetArch(in_channels=1, out_channels=3, residual=True))
+
+
+def test_resize_upsampling_and_reflect_padding_leave_no_checkerboard_or_edge() -> None:
+    from imgtrans.nn.generators import ResnetArch
+
+    # Batch norm in eval mode is a per-channel affine map, so a constant photo stays constant
+    # through every layer unless the layers themselves print a pattern.
+    def out(**kw: object) -> torch.Tensor:
+        torch.manual_seed(0)
+        # gain 0.1: large enough that the signal survives the layers without saturating tanh
+        net = init_weights(ResnetGenerator(ResnetArch(ngf=8, n_blocks=2, norm="batch", **kw)), 0.1).eval()
+        with torch.no_grad():
+            return net(torch.full((1, 3, 40, 48), 0.3))
+
+    clean = out(upsample="resize", down_pad="reflect")
+    assert clean.shape == (1, 3, 40, 48)
+    assert clean.abs().mean() > 0.05  # a real signal ...
+    assert (clean - clean[..., :1, :1]).abs().max() < 1e-5  # ... with no pattern and no border
+    ref = out()
+    inner = ref[..., 8:-8, 8:-8]
+    # The strided transposed conv alternates even and odd pixels (the checkerboard) ...
+    assert (inner[..., 0::2, :] - inner[..., 1::2, :]).abs().mean() > 0.05
+    # ... and zero padding makes the top edge differ from the rows below it.
+    assert (ref[..., 0, 8:-8] - ref[..., 8, 8:-8]).abs().mean() > 0.05
+    # Same parameter names for the downsampling (padding mode carries no weights).
+    keys = set(ResnetGenerator(ResnetArch(ngf=8, n_blocks=2, down_pad="reflect")).state_dict())
+    assert keys == set(ResnetGenerator(ResnetArch(ngf=8, n_blocks=2)).state_dict())
+    with pytest.raises(ValueError, match="upsample"):
+        ResnetArch(upsample="bilinear-ish")

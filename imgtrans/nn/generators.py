@@ -25,6 +25,19 @@ class ResnetArch:
     # starts as the identity map and keeps the photo's detail from step one, so short CPU runs
     # spend their steps on the domain change instead of learning to redraw the photo.
     residual: bool = False
+    # "transpose" (reference) or "resize": nearest 2x upsampling then a 3x3 conv, which cannot
+    # leave the checkerboard pattern strided transposed convolutions print on early outputs.
+    upsample: str = "transpose"
+    # Padding of the two stride-2 convolutions: "zero" (reference) or "reflect". With zeros the
+    # top and left image borders see padding the bottom and right never do (even sizes), which
+    # shows as a bright or dark edge on short runs.
+    down_pad: str = "zero"
+
+    def __post_init__(self) -> None:
+        if self.upsample not in ("transpose", "resize"):
+            raise ValueError(f"upsample={self.upsample!r}: use 'transpose' or 'resize'")
+        if self.down_pad not in ("zero", "reflect"):
+            raise ValueError(f"down_pad={self.down_pad!r}: use 'zero' or 'reflect'")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -55,6 +68,14 @@ class ResnetBlock(nn.Module):
         return x + self.conv_block(x)
 
 
+def _upsample(c_in: int, c_out: int, kind: str, bias: bool) -> nn.Module:
+    """One 2x upsampling layer (a single child, so the indices after it match either kind)."""
+    if kind == "resize":
+        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), nn.ReflectionPad2d(1),
+                             nn.Conv2d(c_in, c_out, 3, bias=bias))
+    return nn.ConvTranspose2d(c_in, c_out, 3, stride=2, padding=1, output_padding=1, bias=bias)
+
+
 class ResnetGenerator(nn.Module):
     """c7s1-ngf, two stride-2 downsamplings, n residual blocks, two upsamplings, c7s1-out, tanh.
 
@@ -78,16 +99,14 @@ class ResnetGenerator(nn.Module):
         ]
         for i in range(2):
             c = a.ngf * 2**i
-            layers += [nn.Conv2d(c, c * 2, 3, stride=2, padding=1, bias=bias), make_norm(c * 2), nn.ReLU(True)]
+            pad_mode = "reflect" if a.down_pad == "reflect" else "zeros"  # same keys either way
+            layers += [nn.Conv2d(c, c * 2, 3, stride=2, padding=1, padding_mode=pad_mode, bias=bias),
+                       make_norm(c * 2), nn.ReLU(True)]
         width = a.ngf * 4
         layers += [ResnetBlock(width, a.norm, a.dropout) for _ in range(a.n_blocks)]
         for i in range(2):
             c = width // 2**i
-            layers += [
-                nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
-                make_norm(c // 2),
-                nn.ReLU(True),
-            ]
+            layers += [_upsample(c, c // 2, a.upsample, bias), make_norm(c // 2), nn.ReLU(True)]
         if a.residual and a.out_channels > a.in_channels:
             raise ValueError("a residual generator needs at least as many input as output channels")
         # Identity keeps the child count (and so the indices CUT taps) the same in both forms.

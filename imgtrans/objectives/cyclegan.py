@@ -34,6 +34,8 @@ class CycleGANConfig:
     norm: str = "instance"
     dropout: bool = False
     residual: bool = False  # generator = input + learned edit, starting as the identity (ResnetArch)
+    upsample: str = "transpose"  # or "resize": nearest 2x + conv, no checkerboard (ResnetArch)
+    down_pad: str = "zero"  # or "reflect": padding of the stride-2 convs (ResnetArch)
     spectral_norm: bool = False
     gan_mode: str = "lsgan"
     lambda_cycle: float = 10.0
@@ -53,7 +55,7 @@ class CycleGANConfig:
 
     def generator_arch(self) -> ResnetArch:
         return ResnetArch(ngf=self.ngf, n_blocks=self.n_blocks, norm=self.norm, dropout=self.dropout,
-                          residual=self.residual)
+                          residual=self.residual, upsample=self.upsample, down_pad=self.down_pad)
 
     def discriminator_arch(self) -> PatchArch:
         return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm)
