@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +160,40 @@ def test_fit_until_stops_early_with_checkpoint(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, Toy(), steps=6)
     assert trainer.fit(until=2) is False
     assert trainer.step == 2 and (tmp_path / "checkpoints" / "step-00000002.pt").exists()
+
+
+class Terminated(Toy):
+    """Receives SIGTERM during its `at`-th loss call, as a scheduler preempting the job would send."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def loss(self, phase: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        if self.n + 1 == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return super().loss(phase, batch)
+
+
+def test_sigterm_finishes_the_step_checkpoints_and_stops(tmp_path: Path) -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    trainer = make_trainer(tmp_path, Terminated(at=5), steps=10)  # 2 phases per step: call 5 is in step 3
+    assert trainer.fit() is False
+    assert trainer.step == 3 and (tmp_path / "checkpoints" / "step-00000003.pt").exists()
+    assert signal.getsignal(signal.SIGTERM) is before  # the trainer's handler is gone afterwards
+    resumed = make_trainer(tmp_path, Toy(), steps=10)
+    resumed.resume(tmp_path)
+    assert resumed.step == 3 and resumed.fit() is True and resumed.step == 10
+
+
+def test_a_second_ctrl_c_aborts_at_once() -> None:
+    from imgtrans.train.stopping import StopRequest
+
+    request = StopRequest()
+    request._handle(signal.SIGINT, None)
+    assert request
+    with pytest.raises(KeyboardInterrupt):
+        request._handle(signal.SIGINT, None)
 
 
 # ----- schedule -------------------------------------------------------------------------

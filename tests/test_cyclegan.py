@@ -52,7 +52,8 @@ def test_run_writes_every_output(domains: tuple[Path, Path], tmp_path: Path) -> 
         state, meta = load_export(run_dir / "export" / f"{direction}.safetensors")
         assert meta["direction"] == direction and meta["steps"] == 4 and meta["train_size"] == 36  # load_size
         assert meta["arch"] == {"in_channels": 3, "out_channels": 3, "ngf": 8, "n_blocks": 2,
-                                "norm": "instance", "dropout": False, "residual": False}
+                                "norm": "instance", "dropout": False, "residual": False,
+                                "upsample": "transpose", "down_pad": "zero"}
         assert meta["data"] == {"a": str(a), "b": str(b)} and "G_AB" in meta["last_losses"]
         assert json.loads((run_dir / "export" / f"{direction}.json").read_text()) == meta
         ckpt = final_nets(run_dir)[net]

@@ -28,6 +28,7 @@ from imgtrans.train.objective import Objective, Phase
 from imgtrans.train.records import StatsLog, save_grid
 from imgtrans.train.runtime import Runtime, frozen_sync
 from imgtrans.train.schedule import lr_factor
+from imgtrans.train.stopping import StopRequest, stop_on_signals
 
 
 @dataclass(frozen=True)
@@ -286,39 +287,44 @@ class Trainer:
                           # RNG, or a resumed run's dropout stream would shift by one draw.
                           generator=torch.Generator().manual_seed(self.cfg.seed + self.step))
 
-    def _out_of_time(self, started: float) -> bool:
-        if self.cfg.time_limit <= 0:
-            return False
+    def _must_stop(self, started: float, request: StopRequest) -> bool:
+        """Out of time or asked to stop by a signal (on any rank)."""
+        in_time = self.cfg.time_limit <= 0 or time.monotonic() - started < self.cfg.time_limit * 60
         # Every rank must stop at the same step, so the decision is agreed on.
-        return not self.rt.all_true(time.monotonic() - started < self.cfg.time_limit * 60)
+        return not self.rt.all_true(in_time and not request)
 
     def fit(self, until: int | None = None) -> bool:
         """Train from the current step to the total (or to `until`, or the time limit).
 
-        Returns True when training reached its total; False when it stopped early, in which
-        case a checkpoint of the stopping step was written and `--resume` continues exactly.
+        Returns True when training reached its total; False when it stopped early (time limit,
+        SIGTERM or a first Ctrl-C), in which case a checkpoint of the stopping step was written
+        and `--resume` continues exactly.
         """
         stop_at = min(self.total, until) if until else self.total
         for net in self.raw.values():
             net.train()
         bar = tqdm(total=self.total, initial=self.step, disable=self.quiet or not self.rt.is_main,
                    unit="step", dynamic_ncols=True, desc=self.obj.name)
+        with stop_on_signals() as request:
+            try:
+                self._run(stop_at, request, bar)
+            finally:
+                bar.close()
+        return self.step >= self.total
+
+    def _run(self, stop_at: int, request: StopRequest, bar: tqdm) -> None:
         started = time.monotonic()
         t0, s0 = time.perf_counter(), self.step
-        try:
-            for batch in self._loader():
-                self.train_step(self.rt.to_device(batch))
-                bar.update(1)
-                if self._due(self.cfg.log_every):
-                    self._log(time.perf_counter() - t0, self.step - s0, bar)
-                    t0, s0 = time.perf_counter(), self.step
-                if self._due(self.cfg.sample_every):
-                    self.save_samples()
-                early = self.step >= stop_at or self._out_of_time(started)
-                if self._due(self.cfg.checkpoint_every) or (early and self.step < self.total):
-                    self.checkpoint()
-                if early:
-                    break
-        finally:
-            bar.close()
-        return self.step >= self.total
+        for batch in self._loader():
+            self.train_step(self.rt.to_device(batch))
+            bar.update(1)
+            if self._due(self.cfg.log_every):
+                self._log(time.perf_counter() - t0, self.step - s0, bar)
+                t0, s0 = time.perf_counter(), self.step
+            if self._due(self.cfg.sample_every):
+                self.save_samples()
+            early = self.step >= stop_at or self._must_stop(started, request)
+            if self._due(self.cfg.checkpoint_every) or (early and self.step < self.total):
+                self.checkpoint()
+            if early:
+                break
