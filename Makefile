@@ -15,15 +15,10 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Until shipped weights exist (see weights/README.md), the demo trains a tiny CycleGAN
-# photos <-> textures on samples/ for a few steps, then translates samples/photos with it.
+# Translates samples/photos with a shipped model (weights/, offline; see weights/README.md).
 demo: $(STAMP)
-	$(BIN)/imgtrans train cyclegan --a samples/photos --b samples/textures --out runs/demo \
-		--steps 40 --set crop_size=64 --set ngf=8 --set ndf=16 --set n_blocks=3 \
-		--set sample_every=20 --set checkpoint_every=20 --set name=demo
-	$(BIN)/imgtrans translate samples/photos runs/demo-translated --overwrite \
-		--weights "$$(ls -d runs/demo/*-demo | tail -n 1)"
-	@echo "Training grids: $$(ls -d runs/demo/*-demo | tail -n 1)/samples/  Translated photos: runs/demo-translated/"
+	$(BIN)/imgtrans translate samples/photos runs/demo-translated --overwrite -m monet2photo --size train
+	@echo "Translated photos: runs/demo-translated/  (shipped models: $(BIN)/imgtrans weights list)"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

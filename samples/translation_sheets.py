@@ -22,7 +22,7 @@ from imgtrans.pipelines.translate import TranslateConfig, Translator  # noqa: E4
 from imgtrans.weights import list_models, load_generator, run_size  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-PAIRS = (("horse2zebra", "zebra2horse"), ("summer2winter", "winter2summer"), ("photo2monet", "monet2photo"))
+PAIRS = (("horse2zebra", "zebra2horse"), ("summer2winter", "winter2summer"), ("monet2photo", "photo2monet"))
 LABEL = 18  # px of caption strip above each column
 
 
