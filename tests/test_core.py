@@ -33,6 +33,7 @@ class Toy(ObjectiveBase):
     """G maps noise to images, D scores them; records what the trainer does during each phase."""
 
     name = "toy"
+    averaged = ("G",)
 
     def __init__(self, nan_steps: set[int] | None = None, every_d: int = 1) -> None:
         super().__init__({"G": nn.Conv2d(1, 1, 1), "D": nn.Conv2d(1, 1, 1)})
@@ -68,7 +69,7 @@ class Toy(ObjectiveBase):
 
 def make_trainer(tmp_path: Path, obj: Toy, **cfg: Any) -> Trainer:
     for sub in ("samples", "checkpoints", "export"):
-        (tmp_path / sub).mkdir(exist_ok=True)
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
     settings = {"steps": 4, "workers": 0, "log_every": 1, "sample_every": 0, "checkpoint_every": 0, **cfg}
     return Trainer(obj, TrainConfig(**settings), Runtime(torch.device("cpu")), tmp_path, quiet=True)
 
@@ -160,6 +161,70 @@ def test_fit_until_stops_early_with_checkpoint(tmp_path: Path) -> None:
     trainer = make_trainer(tmp_path, Toy(), steps=6)
     assert trainer.fit(until=2) is False
     assert trainer.step == 2 and (tmp_path / "checkpoints" / "step-00000002.pt").exists()
+
+
+# ----- weight average (--set ema) -----------------------------------------------------
+
+def test_weight_average_follows_the_ramped_decay_and_swaps_back() -> None:
+    from imgtrans.train.ema import WeightAverage
+
+    net = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        net.weight.fill_(0.0)
+    ema = WeightAverage({"G": net}, decay=0.5)
+    expected = 0.0
+    for value in (1.0, 2.0, 3.0):
+        with torch.no_grad():
+            net.weight.fill_(value)
+        d = ema.current_decay()  # ramp (1 + n) / (10 + n): 1/10, 2/11, 3/12 (all below the cap 0.5)
+        ema.update()
+        expected = d * expected + (1 - d) * value
+    assert expected == pytest.approx(0.25 * ((2 / 11) * 0.9 + (9 / 11) * 2.0) + 0.75 * 3.0)  # = 2.7
+    assert float(ema.average[0]) == pytest.approx(expected)
+    with ema.applied():
+        assert float(net.weight.detach()) == pytest.approx(expected)
+    assert float(net.weight.detach()) == 3.0  # the trained weight is back
+
+
+def test_ema_exports_the_average_and_resumes_exactly(tmp_path: Path) -> None:
+    from imgtrans.train.checkpoint import load_export
+
+    torch.manual_seed(0)
+    straight = make_trainer(tmp_path / "a", Toy(), steps=4, ema=0.9)
+    straight.fit()
+    exported, meta = load_export(tmp_path / "a" / "export" / "G.safetensors")
+    assert meta["ema"] == 0.9
+    assert torch.equal(exported["weight"], straight.ema.average[0])
+    assert not torch.equal(exported["weight"], straight.raw["G"].weight.detach())  # not the raw weights
+
+    torch.manual_seed(0)
+    first = make_trainer(tmp_path / "b", Toy(), steps=4, ema=0.9)
+    assert first.fit(until=2) is False
+    second = make_trainer(tmp_path / "b", Toy(), steps=4, ema=0.9)
+    second.resume(tmp_path / "b")
+    second.fit()
+    resumed, _ = load_export(tmp_path / "b" / "export" / "G.safetensors")
+    assert second.ema.updates == 4
+    assert torch.allclose(resumed["weight"], exported["weight"], atol=1e-7)
+
+
+def test_ema_switched_on_at_resume_starts_from_the_loaded_weights(tmp_path: Path) -> None:
+    plain = make_trainer(tmp_path, Toy(), steps=4)
+    plain.fit(until=2)
+    later = make_trainer(tmp_path, Toy(), steps=4, ema=0.99)
+    later.resume(tmp_path)
+    assert later.ema.updates == 0
+    assert torch.equal(later.ema.average[0], plain.raw["G"].weight.detach())
+
+
+def test_ema_needs_an_objective_that_names_its_generators(tmp_path: Path) -> None:
+    class Plain(Toy):
+        averaged = ()
+
+    with pytest.raises(UserError, match="no generator to average"):
+        make_trainer(tmp_path, Plain(), ema=0.999)
+    with pytest.raises(UserError, match="below 1"):
+        make_trainer(tmp_path, Toy(), ema=1.0)
 
 
 class Terminated(Toy):

@@ -14,7 +14,7 @@ import torch
 
 from conftest import TINY, data_root
 from imgtrans.cli import run_cli
-from imgtrans.objectives.cyclegan import CycleGAN
+from imgtrans.objectives.cyclegan import DIRECTIONS, CycleGAN
 from imgtrans.train.checkpoint import latest_checkpoint, load_checkpoint, load_export
 from imgtrans.train.launch import RunRequest, run
 
@@ -71,6 +71,26 @@ def test_export_rebuilds_the_trained_generator(domains: tuple[Path, Path], tmp_p
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     with torch.no_grad():
         assert torch.equal(g(x), trained(x))
+
+
+def test_ema_run_exports_both_averaged_generators(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    from imgtrans.train.ema import WeightAverage
+
+    a, b = domains
+    run_dir = run(request(a, b, tmp_path / "runs", **{"train.steps": 3, "train.ema": 0.5}))
+    ckpt = load_checkpoint(latest_checkpoint(run_dir))
+    assert ckpt["ema"]["updates"] == 3
+    model = CycleGAN(CycleGAN.config_class(ngf=8, ndf=8, n_blocks=2, n_layers_d=2))
+    for name, net in model.networks().items():
+        net.load_state_dict(ckpt["nets"][name])
+    average = WeightAverage({n: model.networks()[n] for n in CycleGAN.averaged}, 0.5)
+    average.load_state_dict(ckpt["ema"])
+    for direction, (net, _) in DIRECTIONS.items():
+        state, meta = load_export(run_dir / "export" / f"{direction}.safetensors")
+        assert meta["ema"] == 0.5
+        assert any(not torch.equal(state[k], ckpt["nets"][net][k]) for k in state)  # not the raw weights
+        with average.applied():
+            assert all(torch.equal(state[k], v) for k, v in model.networks()[net].state_dict().items())
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -118,6 +118,7 @@ class CUT(ObjectiveBase):
     """
 
     name: ClassVar[str] = "cut"
+    averaged: ClassVar[tuple[str, ...]] = ("G_AB",)
     config_class: ClassVar[type] = CUTConfig
 
     def __init__(self, cfg: CUTConfig, seed: int = 0) -> None:

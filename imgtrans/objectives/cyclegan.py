@@ -68,6 +68,7 @@ class CycleGAN(ObjectiveBase):
     """
 
     name: ClassVar[str] = "cyclegan"
+    averaged: ClassVar[tuple[str, ...]] = ("G_AB", "G_BA")
     config_class: ClassVar[type] = CycleGANConfig
 
     def __init__(self, cfg: CycleGANConfig, seed: int = 0) -> None:

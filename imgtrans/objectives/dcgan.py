@@ -335,6 +335,7 @@ class DCGAN(ObjectiveBase):
     """
 
     name: ClassVar[str] = "dcgan"
+    averaged: ClassVar[tuple[str, ...]] = ("G",)
     config_class: ClassVar[type] = DCGANConfig
 
     def __init__(self, cfg: DCGANConfig, seed: int = 0) -> None:

@@ -124,6 +124,7 @@ class EyeInpainting(ObjectiveBase):
     """
 
     name: ClassVar[str] = "eyes"
+    averaged: ClassVar[tuple[str, ...]] = ("G",)
     config_class: ClassVar[type] = EyesConfig
 
     def __init__(self, cfg: EyesConfig, seed: int = 0) -> None:

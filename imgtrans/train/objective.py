@@ -38,6 +38,7 @@ class Objective(Protocol):
     """
 
     name: ClassVar[str]
+    averaged: ClassVar[tuple[str, ...]]  # networks whose weight average `--set ema` exports
 
     def networks(self) -> dict[str, nn.Module]:
         """The raw trainable networks by name (built in the constructor)."""
@@ -75,6 +76,7 @@ class ObjectiveBase:
     """Shared plumbing for objectives: holds the networks and the callables bound to them."""
 
     name: ClassVar[str] = ""
+    averaged: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, nets: dict[str, nn.Module]) -> None:
         self._nets = nets

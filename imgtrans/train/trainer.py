@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import time
@@ -24,6 +25,7 @@ from imgtrans.train.checkpoint import (
     save_export,
     set_rng_state,
 )
+from imgtrans.train.ema import WeightAverage
 from imgtrans.train.objective import Objective, Phase
 from imgtrans.train.records import StatsLog, save_grid
 from imgtrans.train.runtime import Runtime, frozen_sync
@@ -52,6 +54,7 @@ class TrainConfig:
     sample_count: int = 4
     workers: int = 2
     time_limit: float = 0.0  # minutes; checkpoint and stop cleanly after this long (0: no limit)
+    ema: float = 0.0  # decay of a weight average of the generators, used for samples and exports; 0: off
     name: str = ""
 
 
@@ -113,6 +116,22 @@ class Trainer:
         self._acc: dict[str, torch.Tensor] = {}  # loss sums since the last log line
         self._acc_n = 0
         self.last_losses: dict[str, float] = {}
+        self.ema = self._weight_average()
+
+    def _weight_average(self) -> WeightAverage | None:
+        if self.cfg.ema <= 0:
+            return None
+        names = getattr(self.obj, "averaged", ())
+        if not names:
+            raise UserError(f"--set ema={self.cfg.ema}: objective {self.obj.name!r} has no generator to average; "
+                            "leave ema at 0")
+        if self.cfg.ema >= 1:
+            raise UserError(f"--set ema={self.cfg.ema}: the decay must be below 1 (e.g. 0.999)")
+        return WeightAverage({n: self.raw[n] for n in names}, self.cfg.ema)
+
+    def averaged(self) -> contextlib.AbstractContextManager[None]:
+        """Within the block the averaged networks hold their EMA weights (when ema is on)."""
+        return self.ema.applied() if self.ema else contextlib.nullcontext()
 
     def _optimizer(self, phase: Phase) -> torch.optim.Optimizer:
         unknown = [n for n in phase.nets if n not in self.raw]
@@ -138,6 +157,7 @@ class Trainer:
             "nets": {n: net.state_dict() for n, net in self.raw.items()},
             "opts": {n: o.state_dict() for n, o in self.opts.items()},
             "scalers": {n: s.state_dict() for n, s in self.scalers.items()},
+            "ema": self.ema.state_dict() if self.ema else None,
             "ranks": per_rank,
         }
 
@@ -148,6 +168,11 @@ class Trainer:
             opt.load_state_dict(state["opts"][name])
         for name, scaler in self.scalers.items():
             scaler.load_state_dict(state["scalers"][name])
+        if self.ema:
+            # A run that switches averaging on at --resume starts it from the loaded weights.
+            self.ema = self._weight_average()
+            if state.get("ema"):
+                self.ema.load_state_dict(state["ema"])
         self.step, self.nonfinite = int(state["step"]), int(state["nonfinite"])
         window = state["log_window"]
         self._acc = {k: v.to(self.rt.device) for k, v in window["sums"].items()}
@@ -212,6 +237,8 @@ class Trainer:
                         "then --resume from the last checkpoint")
                 self.step += 1
                 return False
+        if self.ema:
+            self.ema.update()
         self._acc_n += 1
         self.step += 1
         return True
@@ -251,7 +278,7 @@ class Trainer:
         for net in self.raw.values():
             net.eval()
         try:
-            with torch.no_grad(), self.rt.autocast():
+            with torch.no_grad(), self.rt.autocast(), self.averaged():
                 images = self.obj.sample(self.rt.to_device(self._sample_batch()))
             save_grid(images, self.run_dir / "samples" / f"step-{self.step:08d}.png")
         finally:
@@ -263,9 +290,12 @@ class Trainer:
         if not self.rt.is_main:
             return []
         paths = []
-        for name, (state, meta) in self.obj.export().items():
-            full = {**self.meta, **meta, "steps": self.step, "last_losses": self.last_losses}
-            paths.append(save_export(self.run_dir / "export", name, state, full))
+        with self.averaged():
+            # The state dicts alias the networks' tensors, so they are written inside the block.
+            for name, (state, meta) in self.obj.export().items():
+                full = {**self.meta, **meta, "steps": self.step, "last_losses": self.last_losses,
+                        "ema": self.cfg.ema}
+                paths.append(save_export(self.run_dir / "export", name, state, full))
         return paths
 
     def checkpoint(self) -> None:
