@@ -19,6 +19,7 @@ from imgtrans.errors import UserError
 from imgtrans.nn.generators import ResnetArch, ResnetGenerator
 from imgtrans.objectives.cyclegan import DIRECTIONS
 from imgtrans.train.checkpoint import atomic_write, latest_checkpoint, load_export, save_export
+from imgtrans.train.ema import averaged_state
 
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -186,7 +187,8 @@ def _from_checkpoint(ckpt: dict[str, Any], path: Path, direction: str | None) ->
     if not isinstance(nets, Mapping) or net_name not in nets:
         found = ", ".join(sorted(nets)) if isinstance(nets, Mapping) else "none"
         raise UserError(f"{path}: checkpoint has no {net_name} network for {direction} (it has: {found})")
-    state, arch = legacy.state_from_object(nets[net_name], f"{path} [{net_name}]")
+    # A run trained with --set ema exports its weight average; a checkpoint gives the same weights.
+    state, arch = legacy.state_from_object(averaged_state(ckpt, net_name), f"{path} [{net_name}]")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     config = _run_config(run_dir)
     model = config.get("model", {}) if isinstance(config.get("model"), dict) else {}

@@ -181,6 +181,7 @@ def test_weight_average_follows_the_ramped_decay_and_swaps_back() -> None:
         expected = d * expected + (1 - d) * value
     assert expected == pytest.approx(0.25 * ((2 / 11) * 0.9 + (9 / 11) * 2.0) + 0.75 * 3.0)  # = 2.7
     assert float(ema.average[0]) == pytest.approx(expected)
+    assert list(ema.state_dict()["average"]) == ["G.weight"]
     with ema.applied():
         assert float(net.weight.detach()) == pytest.approx(expected)
     assert float(net.weight.detach()) == 3.0  # the trained weight is back

@@ -17,6 +17,7 @@ from imgtrans.cli import run_cli
 from imgtrans.objectives.cyclegan import DIRECTIONS, CycleGAN
 from imgtrans.train.checkpoint import latest_checkpoint, load_checkpoint, load_export
 from imgtrans.train.launch import RunRequest, run
+from imgtrans.weights import load_generator
 
 
 def request(a: Path, b: Path, out: Path, **values: Any) -> RunRequest:
@@ -91,6 +92,8 @@ def test_ema_run_exports_both_averaged_generators(domains: tuple[Path, Path], tm
         assert any(not torch.equal(state[k], ckpt["nets"][net][k]) for k in state)  # not the raw weights
         with average.applied():
             assert all(torch.equal(state[k], v) for k, v in model.networks()[net].state_dict().items())
+        from_checkpoint = load_generator(str(latest_checkpoint(run_dir)), direction=direction)
+        assert all(torch.equal(state[k], v) for k, v in from_checkpoint.net.state_dict().items())
 
 
 @pytest.mark.parametrize("workers", [0, 2])

@@ -26,7 +26,9 @@ class WeightAverage:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
         self.nets, self.decay = nets, decay
-        self.params = [p for name in sorted(nets) for p in nets[name].parameters()]
+        named = [(f"{net}.{key}", p) for net in sorted(nets) for key, p in nets[net].named_parameters()]
+        self.keys = [k for k, _ in named]  # "NET.PARAM": checkpoints name each average
+        self.params = [p for _, p in named]
         self.average = [p.detach().clone() for p in self.params]
         self.updates = 0
 
@@ -55,13 +57,23 @@ class WeightAverage:
                     p.copy_(t)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"decay": self.decay, "updates": self.updates, "average": [a.cpu() for a in self.average]}
+        return {"decay": self.decay, "updates": self.updates,
+                "average": {k: a.cpu() for k, a in zip(self.keys, self.average)}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         saved = state["average"]
-        if len(saved) != len(self.average) or any(s.shape != a.shape for s, a in zip(saved, self.average)):
+        if set(saved) != set(self.keys) or any(saved[k].shape != a.shape for k, a in zip(self.keys, self.average)):
             raise ValueError("the checkpoint's weight average does not match these networks")
         with torch.no_grad():
-            for a, s in zip(self.average, saved):
-                a.copy_(s)
+            for k, a in zip(self.keys, self.average):
+                a.copy_(saved[k])
         self.updates = int(state["updates"])
+
+
+def averaged_state(ckpt: dict[str, Any], net: str) -> dict[str, torch.Tensor]:
+    """Network `net`'s state dict from a training checkpoint, with its weight average if it has one."""
+    state = dict(ckpt["nets"][net])
+    average = (ckpt.get("ema") or {}).get("average", {})
+    prefix = f"{net}."
+    state.update({k[len(prefix):]: v for k, v in average.items() if k.startswith(prefix)})
+    return state
