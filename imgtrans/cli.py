@@ -103,6 +103,8 @@ def _parse_size(text: str | None, meta: dict[str, Any]) -> int:
 @click.option("--weights", type=click.Path(), help="weights file, training run folder, checkpoint or official .pth")
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), help="which generator of a two-way model")
 @click.option("--size", metavar="N|train", help="run at this short side (or the training size), resize back")
+@click.option("--keep-detail", is_flag=True,
+              help="with --size: add the network's edit to the full-resolution photo, keeping its fine detail")
 @click.option("--tile", type=click.IntRange(min=0), default=0, help="tile side for large images (0: automatic)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:N or mps")
@@ -113,7 +115,7 @@ def _parse_size(text: str | None, meta: dict[str, Any]) -> int:
 @click.option("--recursive/--no-recursive", default=True, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def translate(input_path: str, output_path: str, model: str | None, weights: str | None, direction: str | None,
-              size: str | None, tile: int, batch_size: int, device: str, precision: str, fmt: str,
+              size: str | None, keep_detail: bool, tile: int, batch_size: int, device: str, precision: str, fmt: str,
               overwrite: bool, recursive: bool, quiet: bool) -> None:
     """Translate a photo or a folder of photos (mirrored into OUTPUT) with a model."""
     from tqdm import tqdm
@@ -130,7 +132,7 @@ def translate(input_path: str, output_path: str, model: str | None, weights: str
         work, jobs = shard.plan(lambda: plan(input_path, output_path, fmt, recursive, overwrite))
         loaded = load_generator(model or weights, direction)
         config = TranslateConfig(size=_parse_size(size, loaded.meta), tile=tile, batch_size=batch_size,
-                                 precision=precision)
+                                 precision=precision, keep_detail=keep_detail)
         translator = Translator(loaded.net, loaded.meta, device=shard.device(device), config=config)
         with tqdm(total=len(jobs), unit="img", disable=quiet or not jobs or not shard.is_main,
                   dynamic_ncols=True) as bar:
@@ -325,12 +327,13 @@ def eval_group() -> None:
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="per folder; 0: all")
 @click.option("--size", "run_size", metavar="N|train", default="0",
               help="run the networks at this short side (or the training size) and resize back; 0: native")
+@click.option("--keep-detail", is_flag=True, help="with --size: as `imgtrans translate --keep-detail`")
 @click.option("--no-fid", is_flag=True, help="skip FID/KID (the Inception network is the slow part)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write every figure as JSON")
 @click.option("--sheet", type=click.Path(dir_okay=False), help="contact sheet PNG: inputs and outputs")
 @click.option("--device", default="auto", show_default=True)
 def eval_translate(model: str, a: str, b: str, a_train: str | None, b_train: str | None, judge: str | None,
-                   directions: tuple[str, ...], max_images: int, run_size: str, no_fid: bool,
+                   directions: tuple[str, ...], max_images: int, run_size: str, keep_detail: bool, no_fid: bool,
                    json_path: str | None, sheet: str | None, device: str) -> None:
     """Judge share, judge-space Frechet distance, cycle L1, FID and KID, beside the identity and
     untrained baselines."""
@@ -341,7 +344,7 @@ def eval_translate(model: str, a: str, b: str, a_train: str | None, b_train: str
 
     result = evaluate_translation(model, a, b, judge=judge, directions=list(directions) or None,
                                   max_images=max_images, device=device, fid=not no_fid, a_train=a_train,
-                                  b_train=b_train, sheet=sheet, size=run_size,
+                                  b_train=b_train, sheet=sheet, size=run_size, keep_detail=keep_detail,
                                   progress=lambda m: click.echo(m, err=True))
     click.echo(format_table(result))
     if json_path:

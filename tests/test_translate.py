@@ -94,6 +94,26 @@ def test_size_option_runs_smaller_and_resizes_back(net: ResnetGenerator) -> None
     assert not np.array_equal(out, Translator(net, device="cpu")(rgb))
 
 
+class Brighten(torch.nn.Module):
+    """An edit the size of the photo's smooth content: +0.2 everywhere (a 10% brighter photo)."""
+
+    stride = 4
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + 0.2
+
+
+def test_keep_detail_adds_the_low_resolution_edit_to_the_full_photo() -> None:
+    rgb = photo(64, 96)  # noise and a 7 px sine: detail finer than the 32 px run loses
+    kept = Translator(Brighten(), device="cpu", config=TranslateConfig(size=32, keep_detail=True))(rgb)
+    blurred = Translator(Brighten(), device="cpu", config=TranslateConfig(size=32))(rgb)
+    expected = np.clip(rgb.astype(np.float64) + 0.2 * 127.5, 0, 255)
+    assert np.abs(kept - expected).max() <= 1  # rounding only: every pixel's detail survives
+    assert np.abs(blurred.astype(np.float64) - expected).mean() > 3  # without it, the detail is gone
+    native = Translator(Brighten(), device="cpu", config=TranslateConfig(keep_detail=True))(rgb)
+    assert np.abs(native - expected).max() <= 1  # at native size the flag changes nothing
+
+
 def test_forced_tiles_keep_shape_and_stay_close(net: ResnetGenerator) -> None:
     rgb = photo(100, 140)
     whole = Translator(net, device="cpu")(rgb).astype(int)
@@ -249,6 +269,11 @@ def test_cli_size_train_uses_metadata(weights_file: Path, tmp_path: Path, capsys
     assert Image.open(tmp_path / "o" / "a.png").size == (80, 64)
     assert run_cli(["translate", str(tmp_path / "a.png"), str(tmp_path / "o2"), "--weights", str(weights_file),
                     "--size", "big"]) == 2
+    code = run_cli(["translate", str(tmp_path / "a.png"), str(tmp_path / "o3"), "--weights", str(weights_file),
+                    "--size", "train", "--keep-detail", "-q"])
+    assert code == 0
+    sharp, soft = (np.asarray(Image.open(tmp_path / o / "a.png"), dtype=np.float64) for o in ("o3", "o"))
+    assert not np.array_equal(sharp, soft)
 
 
 def test_load_api_with_official_checkpoint(net: ResnetGenerator, tmp_path: Path) -> None:

@@ -172,7 +172,8 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
                          directions: Sequence[str] | None = None, max_images: int = 0, device: str = "auto",
                          fid: bool = True, a_train: str | Path | None = None, b_train: str | Path | None = None,
                          sheet: str | Path | None = None, sheet_images: int = 4, seed: int = 0,
-                         size: int | str = 0, progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                         size: int | str = 0, keep_detail: bool = False,
+                         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score `model` on test folders `a` and `b`; returns a JSON-ready dict (see format_table).
 
     `judge`: a judge run folder, export or name (None: no judge figures). `directions`: None for
@@ -181,8 +182,8 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
     `a_train`/`b_train`: real train folders for the real-vs-real reference. `sheet`: write a
     contact sheet PNG (input | model | untrained | model reconstruction) of `sheet_images` per
     direction. `size`: run the networks at this short side and resize back ("train": each model's
-    training size; 0: at the test images' own size), as `imgtrans translate --size`.
-    `progress` receives one line per stage.
+    training size; 0: at the test images' own size), as `imgtrans translate --size`; `keep_detail`
+    as `imgtrans translate --keep-detail`. `progress` receives one line per stage.
     """
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -199,7 +200,7 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
     trains = {"A": a_train, "B": b_train}
     sizes = {d: run_size(size, g.meta) for d, g in nets.items()}
     # Figures are of the weights, not of a device's reduced-precision arithmetic: always fp32.
-    configs = {d: TranslateConfig(size=sizes[d], precision="fp32") for d in nets}
+    configs = {d: TranslateConfig(size=sizes[d], precision="fp32", keep_detail=keep_detail) for d in nets}
     translators = {d: Translator(g.net, g.meta, device=device, config=configs[d]) for d, g in nets.items()}
     untrained = {d: Translator(untrained_like(g.meta["arch"], seed + i), device=device, config=configs[d])
                  for i, (d, g) in enumerate(nets.items())}
@@ -207,7 +208,7 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
     result: dict[str, Any] = {
         "model": {"source": str(model), "directions": {d: g.source for d, g in nets.items()},
                   "unavailable": missing, "arch": next(iter(nets.values())).meta.get("arch"),
-                  "run_size": sizes},
+                  "run_size": sizes, "keep_detail": keep_detail},
         "judge": _judge_info(domain_judge, bank, test),
         "inception": {"used": inception is not None, "reason": why_no_fid},
         "data": {"a": str(a), "b": str(b), "images": {k: len(v) for k, v in test.items()}},
@@ -288,7 +289,10 @@ def _reference_note(direction: str, entry: dict[str, Any]) -> str:
 
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text report: one row per direction x {model, identity, untrained, real}."""
-    lines = [f"model: {result['model']['source']}"]
+    model = result["model"]
+    scaled = ", ".join(f"{d} {n}" for d, n in model.get("run_size", {}).items() if n)
+    lines = [f"model: {model['source']}" + (f" (run at short side {scaled}" if scaled else "")
+             + (", detail kept)" if scaled and model.get("keep_detail") else ")" if scaled else "")]
     judge = result.get("judge")
     if judge:
         acc = ", ".join(f"{k} {v:.0%}" for k, v in judge["real_test_accuracy"].items())

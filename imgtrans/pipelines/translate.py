@@ -39,6 +39,7 @@ class TranslateConfig:
     max_pixels: int = MAX_PIXELS
     quality: int = 95
     precision: str = "auto"  # fp32 | bf16 | auto (see autocast_dtype)
+    keep_detail: bool = False  # with `size`: add the network's edit to the full-resolution photo
 
 
 def to_input(rgb: np.ndarray) -> torch.Tensor:
@@ -165,6 +166,7 @@ class Translator:
             x = x.contiguous(memory_format=torch.channels_last)
         h, w = x.shape[-2:]
         sh, sw = self._scaled_size(h, w)
+        full = x
         if (sh, sw) != (h, w):
             x = F.interpolate(x, size=(sh, sw), mode="bicubic", align_corners=False, antialias=True)
         c = self.config
@@ -177,7 +179,13 @@ class Translator:
                 parts = [run_padded(self.net, xi, self.stride) for xi in x.split(self._per_forward())]
             y = torch.cat(parts).float()
         if (sh, sw) != (h, w):
+            if c.keep_detail:
+                # Only the edit is upsampled: the result is the network's low-resolution output
+                # plus the photo's own detail above that resolution, instead of a blurred copy.
+                y = y - x.float()
             y = F.interpolate(y, size=(h, w), mode="bicubic", align_corners=False, antialias=True)
+            if c.keep_detail:
+                y = y + full.float()
         return y.clamp(-1, 1)
 
     def run_tensor(self, x: torch.Tensor) -> torch.Tensor:
