@@ -45,10 +45,12 @@ class Plan:
     steps: int
     rounds: int  # alternating naive/imgtrans runs; the best of each counts
     bf16_ngf: int  # also time amp=bf16 at this ngf (0: skip)
+    compile_ngf: int  # also time torch.compile'd networks at this ngf (0: skip)
 
 
-FULL = Plan(128, (32, 64), 9, 1, 6, 2, 32)
-QUICK = Plan(32, (8,), 9, 1, 2, 1, 0)
+FULL = Plan(128, (32, 64), 9, 1, 6, 2, 32, 32)
+QUICK = Plan(32, (8,), 9, 1, 2, 1, 0, 0)
+COMPILE_WARMUP = 3  # steps: the first compiles both phases' graphs, later ones must not recompile
 
 
 def cyclegan(folder: Path, ngf: int, plan: Plan) -> Any:
@@ -152,18 +154,29 @@ def naive_step(folder: Path, ngf: int, plan: Plan) -> dict[str, Any]:
 
 
 # ----- imgtrans -----------------------------------------------------------------------------
-def imgtrans_step(folder: Path, ngf: int, plan: Plan, amp: str = "off") -> dict[str, Any]:
-    """imgtrans's Trainer.train_step as `imgtrans train cyclegan` runs it (data already in memory)."""
+def imgtrans_step(folder: Path, ngf: int, plan: Plan, amp: str = "off", compiled: bool = False) -> dict[str, Any]:
+    """imgtrans's Trainer.train_step as `imgtrans train cyclegan` runs it (data already in memory).
+
+    `compiled`: every network wrapped in torch.compile (inductor) first, a candidate not shipped.
+    """
     from imgtrans.train.runtime import init_runtime
     from imgtrans.train.trainer import Trainer, TrainConfig
 
     cfg = TrainConfig(steps=1000, device="cpu", workers=0, amp=amp)
-    trainer = Trainer(cyclegan(folder, ngf, plan), cfg, init_runtime("cpu", amp), folder / "run", quiet=True)
+    objective = cyclegan(folder, ngf, plan)
+    if compiled:
+        objective._nets = {name: torch.compile(net) for name, net in objective._nets.items()}
+        objective.nets = dict(objective._nets)
+        t0 = time.perf_counter()
+        plan = Plan(**{**plan.__dict__, "warmup": COMPILE_WARMUP})
+    trainer = Trainer(objective, cfg, init_runtime("cpu", amp), folder / "run", quiet=True)
     flags = trainer.opts["G"].defaults
     for net in trainer.raw.values():
         net.train()
     data = trainer.rt.to_device(batch(plan))
     result = timed(lambda: trainer.train_step(data), plan)
+    if compiled:
+        result["warmup_seconds"] = time.perf_counter() - t0 - result["seconds"]
     result["adam"] = "fused" if flags.get("fused") else "foreach" if flags.get("foreach") else "loop"
     return result
 
@@ -197,6 +210,8 @@ def run_one(case: str, workdir: Path, plan: Plan) -> dict[str, Any]:
         return imgtrans_step(workdir, ngf, plan)
     if kind == "bf16":
         return imgtrans_step(workdir, ngf, plan, amp="bf16")
+    if kind == "compile":
+        return imgtrans_step(workdir, ngf, plan, compiled=True)
     if kind == "adam":
         return adam_updates(workdir, ngf, plan)
     raise SystemExit(f"unknown case {case}")
@@ -210,17 +225,22 @@ def faster(old: CaseResult | None, new: CaseResult) -> CaseResult:
     return CaseResult(best.name, best.values, max(old.max_rss_mb, new.max_rss_mb), best.seconds)
 
 
-def step_rows(ngf: int, plan: Plan, work: Path, extra: list[str]) -> list[list[Any]]:
+def step_rows(ngf: int, plan: Plan, work: Path, extra: list[str], notes: list[str]) -> list[list[Any]]:
     res: dict[str, CaseResult] = {}
     for _ in range(plan.rounds):
         for kind in ("naive", "imgtrans"):
             res[kind] = faster(res.get(kind), run_case(SCRIPT, f"{kind}:{ngf}", work, extra))
     if plan.bf16_ngf == ngf:
         res["bf16"] = run_case(SCRIPT, f"bf16:{ngf}", work, extra)
+    if plan.compile_ngf == ngf:
+        res["compile"] = run_case(SCRIPT, f"compile:{ngf}", work, extra)
+        notes.append(f"- torch.compile at ngf {ngf}: the {COMPILE_WARMUP} warm-up steps (compiling) took "
+                     f"{res['compile'].values['warmup_seconds']:.1f} s (less with a warm inductor cache)")
     base = res["naive"].values["steps"] / res["naive"].values["seconds"]
     labels = {"naive": "naive reference step (fp32, torch's default Adam: per-tensor loop on CPU)",
               "imgtrans": f"imgtrans Trainer as shipped (fp32, Adam {res['imgtrans'].values['adam']})",
-              "bf16": "imgtrans Trainer, amp=bf16 (not used on CPU)"}
+              "bf16": "imgtrans Trainer, amp=bf16 (not used on CPU)",
+              "compile": "imgtrans Trainer, torch.compile'd networks (not shipped)"}
     rows = []
     for kind, r in res.items():
         rate = r.values["steps"] / r.values["seconds"]
@@ -246,19 +266,20 @@ def main() -> None:
         report(run_one(args.case, Path(args.workdir), plan))
         return
     print(f"train benchmark ({'quick' if args.quick else 'full'}): {machine_line()}\n", flush=True)
-    steps, updates = [], []
+    steps, updates, notes = [], [], []
     with tempfile.TemporaryDirectory(prefix="imgtrans-bench-") as tmp:
         work = Path(tmp)
         write_jpegs(work / "A", 2, plan.crop + 16, plan.crop + 16, seed=0)
         write_jpegs(work / "B", 2, plan.crop + 16, plan.crop + 16, seed=10)
         for ngf in plan.ngfs:
-            rows = step_rows(ngf, plan, work, extra)
+            rows = step_rows(ngf, plan, work, extra, notes)
             steps += rows
             updates += adam_rows(ngf, plan, work, extra, step_s=rows[1][3])
     print_table(f"CycleGAN training step (G + D, batch 1, ResNet-{plan.n_blocks} generators; {plan.steps} timed steps "
                 f"after {plan.warmup} warm-up; best of {plan.rounds} alternating runs, a fresh process per run)",
                 ["model", "implementation", "steps/s", "s/step", "max RSS MB", "vs naive", "target", "result"],
                 steps)
+    print("\n".join(notes) + "\n" if notes else "", end="")
     print_table("Adam update alone (G + D optimizers, random gradients; best of 5 interleaved rounds)",
                 ["model", "Adam", "ms/update", "% of a shipped step", "vs loop", ""], updates)
 
