@@ -7,7 +7,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -179,6 +179,21 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+# What a generator computes beyond its weights' names and shapes: a run's config.json says them.
+BEHAVIOUR = ("residual", "upsample", "down_pad")
+
+
+def _configured_arch(state: Mapping[str, Tensor], model: dict[str, Any], source: str) -> ResnetArch:
+    """The generator of a translation run's checkpoint: sizes read off the weights, and the
+    settings in BEHAVIOUR (residual output, resize upsampling, reflect padding) from its config,
+    since they change the computation without (always) changing a name or a shape."""
+    try:
+        inferred = legacy.infer_resnet_arch(state)
+        return replace(inferred, **{k: model[k] for k in BEHAVIOUR if k in model})
+    except (UserError, TypeError, ValueError) as e:
+        raise UserError(f"{source}: {e}") from None
+
+
 def _from_checkpoint(ckpt: dict[str, Any], path: Path, direction: str | None) -> LoadedGenerator:
     """One generator out of a training checkpoint `{"nets": {...}, ...}`."""
     direction = direction or "AtoB"
@@ -187,11 +202,15 @@ def _from_checkpoint(ckpt: dict[str, Any], path: Path, direction: str | None) ->
     if not isinstance(nets, Mapping) or net_name not in nets:
         found = ", ".join(sorted(nets)) if isinstance(nets, Mapping) else "none"
         raise UserError(f"{path}: checkpoint has no {net_name} network for {direction} (it has: {found})")
-    # A run trained with --set ema exports its weight average; a checkpoint gives the same weights.
-    state, arch = legacy.state_from_object(averaged_state(ckpt, net_name), f"{path} [{net_name}]")
     run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     config = _run_config(run_dir)
     model = config.get("model", {}) if isinstance(config.get("model"), dict) else {}
+    # A run trained with --set ema exports its weight average; a checkpoint gives the same weights.
+    state = averaged_state(ckpt, net_name)
+    if config.get("objective", "cyclegan") in ("cyclegan", "cut") and model:
+        arch = _configured_arch(state, model, f"{path} [{net_name}]")
+    else:  # no run config beside it: only what the weights tell
+        state, arch = legacy.state_from_object(state, f"{path} [{net_name}]")
     meta: dict[str, Any] = {
         "objective": config.get("objective", "cyclegan"),
         "network": "resnet_generator",

@@ -96,6 +96,21 @@ def test_ema_run_exports_both_averaged_generators(domains: tuple[Path, Path], tm
         assert all(torch.equal(state[k], v) for k, v in from_checkpoint.net.state_dict().items())
 
 
+def test_checkpoint_loads_the_generator_its_run_config_names(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    # residual, upsample and down_pad cannot be read off the weights: the run's config.json says them.
+    a, b = domains
+    run_dir = run(request(a, b, tmp_path / "runs", **{"train.steps": 2, "model.residual": True,
+                                                      "model.upsample": "resize", "model.down_pad": "reflect"}))
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    for direction in DIRECTIONS:
+        exported = load_generator(str(run_dir / "export" / f"{direction}.safetensors"))
+        checkpoint = load_generator(str(latest_checkpoint(run_dir)), direction=direction)
+        assert checkpoint.meta["arch"] == exported.meta["arch"]
+        assert exported.meta["arch"]["residual"] is True
+        with torch.no_grad():
+            assert torch.equal(checkpoint.net(x), exported.net(x))
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_resume_matches_uninterrupted_run(domains: tuple[Path, Path], tmp_path: Path, workers: int) -> None:
     """N steps straight == N/2, stop, resume, N/2 (pool, dropout RNG, Adam, schedule restored)."""
