@@ -25,7 +25,7 @@ class WeightAverage:
     def __init__(self, nets: dict[str, nn.Module], decay: float) -> None:
         if not 0.0 < decay < 1.0:
             raise ValueError(f"EMA decay must be in (0, 1), got {decay}")
-        self.nets, self.decay = nets, decay
+        self.decay = decay
         named = [(f"{net}.{key}", p) for net in sorted(nets) for key, p in nets[net].named_parameters()]
         self.keys = [k for k, _ in named]  # "NET.PARAM": checkpoints name each average
         self.params = [p for _, p in named]
