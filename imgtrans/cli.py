@@ -100,7 +100,7 @@ def _parse_size(text: str | None, meta: dict[str, Any]) -> int:
 @click.argument("input_path", metavar="INPUT", type=click.Path())
 @click.argument("output_path", metavar="OUTPUT", type=click.Path())
 @click.option("-m", "--model", help="a shipped or imported model name (see `imgtrans weights list`)")
-@click.option("--weights", type=click.Path(), help="weights file, training run folder, checkpoint or official .pth")
+@click.option("--weights", type=click.Path(), help="weights file, training run folder, checkpoint, official .pth or exported .onnx")
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), help="which generator of a two-way model")
 @click.option("--size", metavar="N|train", help="run at this short side (or the training size), resize back")
 @click.option("--keep-detail", is_flag=True,
@@ -216,17 +216,34 @@ def open_eyes(input_path: str, output_path: str, reference: str | None, all_face
 @cli.command("export")
 @click.option("-m", "--model", required=True, help="model name (see `imgtrans weights list`) or weights path")
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), help="which generator of a two-way model")
-@click.option("--format", "fmt", type=click.Choice(["onnx"]), default="onnx", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["onnx", "onnx-int8"]), default="onnx", show_default=True,
+              help="onnx-int8: convolutions in int8, calibrated on --calibrate photos (about 2x faster on x86 CPUs)")
+@click.option("--calibrate", "calibrate", type=click.Path(), help="onnx-int8: folder of photos like those to translate")
+@click.option("--calibrate-size", type=click.IntRange(min=16), help="onnx-int8: calibration side (default: training size)")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="file to write, e.g. model.onnx")
-def export_model(model: str, direction: str | None, fmt: str, out_path: str) -> None:
+def export_model(model: str, direction: str | None, fmt: str, calibrate: str | None, calibrate_size: int | None,
+                 out_path: str) -> None:
     """Export a generator for other runtimes (ONNX: dynamic batch, height and width; checked
-    against torch with onnxruntime). Inputs are N x 3 x H x W in [-1, 1], H and W multiples of 4."""
+    against torch with onnxruntime). Inputs are N x 3 x H x W in [-1, 1], H and W multiples of 4.
+    `imgtrans translate --weights FILE.onnx` runs the result with onnxruntime."""
     from imgtrans.export import export_checked, require_onnx
-    from imgtrans.weights import load_generator
+    from imgtrans.weights import load_generator, require_torch
 
+    if fmt == "onnx-int8" and not calibrate:
+        raise UserError("--format onnx-int8 needs --calibrate FOLDER: photos like the ones you will translate")
     require_onnx()  # before loading anything, so a missing extra is the only message
     loaded = load_generator(model, direction)
+    require_torch(loaded, "exported again")
+    if fmt == "onnx-int8":
+        from imgtrans.quantize import calibration_images, export_int8
+
+        side = calibrate_size or int(loaded.meta.get("train_size") or 256)
+        images = calibration_images(calibrate, -(-side // 4) * 4)
+        q = export_int8(loaded.net, out_path, loaded.meta, images)
+        click.echo(f"exported {loaded.source} -> {q.path} (int8, calibrated on {q.photos} photos of {calibrate}; "
+                   f"PSNR against float32 on them: mean {q.mean_psnr:.1f} dB, min {q.min_psnr:.1f} dB)")
+        return
     report = export_checked(loaded.net, out_path, loaded.meta)
     click.echo(f"exported {loaded.source} -> {report.path} ({fmt}; onnxruntime matches torch within "
                f"{report.max_abs_diff:.1e} on inputs {', '.join('x'.join(map(str, s)) for s in report.shapes)})")

@@ -23,8 +23,9 @@ from imgtrans.train.ema import averaged_state
 
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
-WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
-ACCEPTED = "a model name, a .safetensors export, a training run folder, a checkpoint .pt or an official .pth"
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".onnx")
+ACCEPTED = ("a model name, a .safetensors export, a training run folder, a checkpoint .pt, an official .pth "
+            "or an `imgtrans export` .onnx")
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,19 @@ def _from_torch_file(path: Path, direction: str | None) -> LoadedGenerator:
     return _build(state, meta, str(path))
 
 
+def _from_onnx(path: Path, direction: str | None) -> LoadedGenerator:
+    from imgtrans.onnxrun import OnnxGenerator, onnx_meta
+
+    meta = onnx_meta(path)
+    recorded = meta.get("direction")
+    if direction is not None and recorded is not None and recorded != direction:
+        raise UserError(f"{path}: this model translates {recorded}, not {direction}; leave the direction out")
+    return LoadedGenerator(net=OnnxGenerator(path), meta={**meta, "backend": "onnxruntime"}, source=str(path))
+
+
 def _load_path(path: Path, direction: str | None) -> LoadedGenerator:
+    if path.suffix == ".onnx":
+        return _from_onnx(path, direction)
     if path.is_dir():
         return _from_run_dir(path, direction)
     if path.suffix == ".safetensors":
@@ -321,6 +334,12 @@ def _looks_like_path(text: str) -> bool:
     return os.sep in text or "/" in text or text.endswith(WEIGHT_SUFFIXES) or not NAME_RE.match(text)
 
 
+def require_torch(loaded: LoadedGenerator, action: str) -> None:
+    """Refuse an ONNX model where torch weights are needed (`action`: e.g. "imported")."""
+    if loaded.meta.get("backend") == "onnxruntime":
+        raise UserError(f"{loaded.source}: an ONNX model cannot be {action}; pass the weights it was exported from")
+
+
 def load_generator(name_or_path: str | Path, direction: str | None = None) -> LoadedGenerator:
     """Load generator weights from a model name or a path; an existing path always wins over a name.
 
@@ -346,6 +365,7 @@ def import_weights(path: str | Path, name: str, direction: str | None = None) ->
         raise UserError(f"model name {name!r} is already used by {repo_weights_dir() / MANIFEST}, which would "
                         "shadow the import; pick another name")
     loaded = load_generator(path, direction)
+    require_torch(loaded, "imported")
     home = home_dir()
     meta = {**loaded.meta, "name": name, "imported_from": loaded.source}
     state = {k: v.detach().float() for k, v in loaded.net.state_dict().items()}

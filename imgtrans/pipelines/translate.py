@@ -112,6 +112,11 @@ class Translator:
             self.net = self.net.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
         self.stride = int(getattr(net, "stride", 4))
+        # Tiles share instance-norm statistics through the torch modules; other backends run whole.
+        self.tileable = bool(getattr(net, "tileable", True))
+        if self.config.tile > 0 and not self.tileable:
+            raise UserError(f"--tile {self.config.tile}: this model's backend runs whole images only; "
+                            "leave --tile out (use --size for large photos)")
 
     # ----- core ---------------------------------------------------------------------------
     def _scaled_size(self, h: int, w: int) -> tuple[int, int]:
@@ -171,7 +176,7 @@ class Translator:
             x = F.interpolate(x, size=(sh, sw), mode="bicubic", align_corners=False, antialias=True)
         c = self.config
         with self._autocast():
-            if c.tile > 0 or needs_tiling(sh, sw, c.pixel_budget):
+            if self.tileable and (c.tile > 0 or needs_tiling(sh, sw, c.pixel_budget)):
                 tile = self._tile_side(sh, sw)
                 parts = [run_tiled(self.net, xi[None], tile=tile, overlap=c.overlap, multiple=self.stride,
                                    stats_size=c.stats_size) for xi in x]

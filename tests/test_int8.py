@@ -1,0 +1,134 @@
+"""int8 ONNX export (`--format onnx-int8`) and running .onnx models with onnxruntime in translate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from imgtrans.cli import run_cli
+from imgtrans.errors import UserError
+from imgtrans.nn import ResnetGenerator, init_weights
+from imgtrans.pipelines.translate import TranslateConfig, Translator, to_input, to_rgb
+from imgtrans.train.checkpoint import save_export
+from imgtrans.weights import import_weights, load_generator
+
+onnx = pytest.importorskip("onnx", reason="needs the onnx extra: pip install 'imgtrans[onnx]'")
+pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'imgtrans[onnx]'")
+
+
+def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """Smooth colour ramps, a sine texture and noise: a stand-in for a photo."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / (5.0 + seed))], -1) * 255
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+@pytest.fixture(scope="module")
+def net() -> ResnetGenerator:
+    torch.manual_seed(0)
+    return init_weights(ResnetGenerator(ngf=8, n_blocks=2)).eval()
+
+
+@pytest.fixture(scope="module")
+def int8_model(tmp_path_factory: pytest.TempPathFactory, net: ResnetGenerator) -> Path:
+    root = tmp_path_factory.mktemp("int8")
+    meta = {"objective": "cyclegan", "direction": "AtoB", "arch": net.arch.to_dict(), "train_size": 48}
+    weights = save_export(root / "w", "toy", net.state_dict(), meta)
+    calib = root / "calib"
+    calib.mkdir()
+    for i in range(6):
+        Image.fromarray(photo(56 + 4 * i, 64, seed=i)).save(calib / f"p{i}.png")
+    out = root / "toy.int8.onnx"
+    assert run_cli(["export", "-m", str(weights), "--format", "onnx-int8", "--calibrate", str(calib),
+                    "--out", str(out)]) == 0
+    return out
+
+
+def test_int8_export_quantizes_the_inner_convolutions_and_keeps_the_metadata(int8_model: Path,
+                                                                             net: ResnetGenerator) -> None:
+    model = onnx.load(str(int8_model))
+    ops = [n.op_type for n in model.graph.node]
+    assert "QuantizeLinear" in ops and "DequantizeLinear" in ops
+    # QDQ form: a quantized conv reads its weight through DequantizeLinear; the float edges do not.
+    produced_by = {o: n.op_type for n in model.graph.node for o in n.output}
+    convs = [n for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    weight_from_dq = [produced_by.get(n.input[1]) == "DequantizeLinear" for n in convs]
+    assert not weight_from_dq[0] and not weight_from_dq[-1]
+    assert all(weight_from_dq[1:-1]) and len(convs) == 2 + 2 + 2 * 2 + 2  # in, 2 down, 2 blocks, 2 up, out
+    meta = json.loads({p.key: p.value for p in model.metadata_props}["imgtrans"])
+    assert meta["arch"] == net.arch.to_dict() and meta["direction"] == "AtoB" and meta["precision"] == "int8"
+
+
+def test_int8_model_translates_close_to_float32_at_any_size(int8_model: Path, net: ResnetGenerator) -> None:
+    loaded = load_generator(int8_model)
+    assert loaded.meta["backend"] == "onnxruntime" and loaded.meta["train_size"] == 48
+    fast = Translator(loaded.net, loaded.meta, device="cpu")
+    exact = Translator(net, device="cpu", config=TranslateConfig(precision="fp32"))
+    for h, w, seed in [(50, 70, 7), (64, 33, 8)]:  # not multiples of 4, not calibration sizes
+        rgb = photo(h, w, seed)
+        got, want = fast.translate_rgb([rgb])[0], exact.translate_rgb([rgb])[0]
+        assert got.shape == want.shape == rgb.shape
+        assert 30.0 < psnr(got, want) < float("inf")  # close, and really computed in int8
+
+
+def test_onnx_models_run_whole_images_instead_of_tiles(int8_model: Path) -> None:
+    loaded = load_generator(int8_model)
+    x = to_input(photo(72, 96, seed=3))
+    whole = Translator(loaded.net, device="cpu").run_tensor(x)
+    # A pixel budget this small would tile a torch model; tiles without shared statistics would seam.
+    budget = Translator(loaded.net, device="cpu", config=TranslateConfig(pixel_budget=32 * 32)).run_tensor(x)
+    assert torch.equal(whole, budget)
+    with pytest.raises(UserError, match="--tile 64"):
+        Translator(loaded.net, device="cpu", config=TranslateConfig(tile=64))
+    assert to_rgb(whole).shape == (72, 96, 3)
+
+
+def test_translate_cli_runs_an_onnx_model_on_a_folder(tmp_path: Path, int8_model: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    src, dst = tmp_path / "in", tmp_path / "out"
+    (src / "sub").mkdir(parents=True)
+    Image.fromarray(photo(45, 61, seed=1)).save(src / "a.jpg")
+    Image.fromarray(photo(32, 40, seed=2)).save(src / "sub" / "b.png")
+    assert run_cli(["translate", str(src), str(dst), "--weights", str(int8_model), "-q"]) == 0
+    assert Image.open(dst / "a.jpg").size == (61, 45) and Image.open(dst / "sub" / "b.png").size == (40, 32)
+    assert run_cli(["translate", str(src), str(tmp_path / "o2"), "--weights", str(int8_model), "--tile", "64"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--tile 64" in err and "--size" in err
+
+
+def test_int8_export_errors_are_one_line(tmp_path: Path, int8_model: Path, net: ResnetGenerator,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    meta = {"objective": "cyclegan", "direction": "AtoB", "arch": net.arch.to_dict()}
+    weights = save_export(tmp_path / "w", "toy", net.state_dict(), meta)
+    out = tmp_path / "x.onnx"
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--format", "onnx-int8"], "--calibrate"),
+        (["--format", "onnx-int8", "--calibrate", str(tmp_path / "empty")], "no images to calibrate on"),
+        (["--format", "onnx-int8", "--calibrate", str(tmp_path / "nowhere")], "folder not found"),
+    ]
+    for extra, expected in cases:
+        assert run_cli(["export", "-m", str(weights), "--out", str(out), *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and expected in err
+        assert not out.exists()
+    # An ONNX model is an end product: neither exported again nor imported as torch weights.
+    assert run_cli(["export", "-m", str(int8_model), "--out", str(out)]) == 2
+    assert "cannot be exported again" in capsys.readouterr().err
+    with pytest.raises(UserError, match="cannot be imported"):
+        import_weights(int8_model, "toy-int8")
+    damaged = tmp_path / "damaged.onnx"
+    damaged.write_bytes(b"not an onnx file")
+    with pytest.raises(UserError, match="damaged.onnx"):
+        load_generator(damaged)
