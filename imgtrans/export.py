@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from imgtrans.errors import UserError
+from imgtrans.nn.subpixel import with_subpixel_upsampling
 
 EXTRA_HINT = "ONNX export needs the `onnx` extra: pip install 'imgtrans[onnx]' (onnx, onnxruntime, onnxscript)"
 INPUT, OUTPUT = "image", "translated"
@@ -55,7 +56,8 @@ def export_onnx(net: nn.Module, path: str | Path, meta: dict[str, Any] | None = 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    net = net.float().eval().cpu()
+    # Sub-pixel upsampling computes the same; onnxruntime runs it faster and can quantize it.
+    net = with_subpixel_upsampling(net.float().eval().cpu())
     sample = torch.zeros(1, _in_channels(net), 64, 64)
     dims = {0: torch.export.Dim("batch"), 2: torch.export.Dim("height"), 3: torch.export.Dim("width")}
     with torch.inference_mode(False), torch.no_grad():

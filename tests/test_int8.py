@@ -132,3 +132,16 @@ def test_int8_export_errors_are_one_line(tmp_path: Path, int8_model: Path, net: 
     damaged.write_bytes(b"not an onnx file")
     with pytest.raises(UserError, match="damaged.onnx"):
         load_generator(damaged)
+
+
+def test_a_batch_runs_concurrently_and_matches_one_by_one(int8_model: Path) -> None:
+    from imgtrans.onnxrun import OnnxGenerator
+
+    gen = OnnxGenerator(int8_model, threads=2)
+    x = torch.stack([to_input(photo(40, 48, seed=s))[0] for s in range(3)])
+    together = gen(x)
+    alone = torch.cat([OnnxGenerator(int8_model, threads=1)(xi[None]) for xi in x])
+    assert together.shape == x.shape and torch.allclose(together, alone, atol=1e-5)
+    assert not torch.allclose(together[0], together[1])  # each image got its own output
+    translator = Translator(gen, device="cpu", config=TranslateConfig(batch_size=4))
+    assert translator._per_forward() == 4  # the Translator hands the backend whole batches

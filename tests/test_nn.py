@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weights
 from imgtrans.nn.losses import l1
@@ -176,3 +177,24 @@ def test_resize_upsampling_and_reflect_padding_leave_no_checkerboard_or_edge() -
     assert keys == set(ResnetGenerator(ResnetArch(ngf=8, n_blocks=2)).state_dict())
     with pytest.raises(ValueError, match="upsample"):
         ResnetArch(upsample="bilinear-ish")
+
+
+def test_subpixel_upsampling_equals_the_transposed_convolution() -> None:
+    from imgtrans.nn.subpixel import SubPixelUpsample, with_subpixel_upsampling
+
+    torch.manual_seed(0)
+    for bias in (True, False):
+        ct = nn.ConvTranspose2d(6, 5, 3, stride=2, padding=1, output_padding=1, bias=bias)
+        x = torch.randn(2, 6, 7, 10)  # odd and non-square sides
+        with torch.no_grad():
+            assert torch.allclose(SubPixelUpsample(ct)(x), ct(x), atol=1e-5)
+    net = init_weights(ResnetGenerator(ngf=8, n_blocks=2)).eval()
+    fast = with_subpixel_upsampling(net)
+    kinds = [type(m).__name__ for m in fast.modules()]
+    assert "ConvTranspose2d" not in kinds and kinds.count("SubPixelUpsample") == 2
+    assert any(isinstance(m, nn.ConvTranspose2d) for m in net.modules())  # the original is untouched
+    x = torch.rand(1, 3, 36, 52) * 2 - 1
+    with torch.no_grad():
+        assert torch.allclose(fast(x), net(x), atol=1e-5)
+    with pytest.raises(ValueError, match="not a k3 s2"):
+        SubPixelUpsample(nn.ConvTranspose2d(4, 4, 4, stride=2, padding=1))
