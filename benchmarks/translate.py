@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import importlib.util
 import os
 import sys
 import tempfile
@@ -132,7 +133,8 @@ def naive_folder(model: Path, src: Path, dst: Path) -> dict[str, Any]:
 
 
 def imgtrans_folder(model: Path, src: Path, dst: Path, pixel_budget: int) -> dict[str, Any]:
-    """`imgtrans translate` as the CLI runs it (default settings), timed around the folder run."""
+    """`imgtrans translate` as the CLI runs it (default settings), timed around the folder run;
+    `model` a .safetensors (torch) or an `imgtrans export` .onnx (onnxruntime backend)."""
     from imgtrans.pipelines.translate import TranslateConfig, Translator
 
     translator = Translator(load(model), device="cpu", config=TranslateConfig(pixel_budget=pixel_budget))
@@ -161,6 +163,7 @@ def median_gap(t0: float, done: list[float], sizes: list[int]) -> float:
 
 def forward_means(model: Path, side: int, rounds: int, try_compile: bool, workdir: Path) -> dict[str, Any]:
     """One 256 px forward per variant, interleaved; each kept only if it helps (see README)."""
+    from imgtrans.nn.subpixel import with_subpixel_upsampling
     from imgtrans.pipelines.translate import TranslateConfig, Translator
 
     net = load(model)
@@ -202,11 +205,19 @@ def forward_means(model: Path, side: int, rounds: int, try_compile: bool, workdi
         finally:
             torch.set_num_threads(threads)
 
+    sub_net = with_subpixel_upsampling(net)
+
+    def subpixel() -> None:
+        with torch.inference_mode():
+            sub_net(x)
+
     shipped = Translator(net, device="cpu", config=TranslateConfig())
 
     variants = {"reference: eval + no_grad, fp32": reference, "inference_mode": inference_mode,
                 "batch of 4 (time per image)": batch4, "channels_last": channels_last,
-                "bf16 autocast": bf16, f"1 intra-op thread (of {threads})": one_thread}
+                "bf16 autocast": bf16, f"1 intra-op thread (of {threads})": one_thread,
+                "sub-pixel upsampling (exact)": subpixel}
+    per_call = {"batch of 4 (time per image)": 4}
     if try_compile:
         extra["compile_s"] = []  # cold (empty cache), then warm (from the on-disk cache)
         for _ in range(2):
@@ -225,15 +236,41 @@ def forward_means(model: Path, side: int, rounds: int, try_compile: bool, workdi
     ort_fn = _onnxruntime_variant(net, x, workdir, extra)
     if ort_fn is not None:
         variants[f"onnxruntime ({threads} threads)"] = ort_fn
+        backends = _backend_variants(net, x, threads, workdir)
+        variants.update(backends)
+        per_call.update({name: threads for name in backends if "at once" in name})
     variants["imgtrans Translator (shipped path)"] = lambda: shipped.run_tensor(x)
 
     best = interleaved(variants, rounds)
-    best["batch of 4 (time per image)"] /= 4
+    for name, n in per_call.items():  # time per image for the variants that run several at once
+        best[name] /= n
     extra["seconds"] = best
     extra["flops"] = generator_flops(net, side, side)
     extra["peak_gflops"] = max(peak, peak_gflops())  # before and after: the less disturbed one
     extra["shipped_dtype"] = "fp32" if shipped.dtype is None else str(shipped.dtype).removeprefix("torch.")
     return extra
+
+
+def _backend_variants(net: torch.nn.Module, x: torch.Tensor, threads: int,
+                     workdir: Path) -> dict[str, Callable[[], Any]]:
+    """imgtrans's onnxruntime backend (OnnxGenerator) in fp32 and int8, one image and a batch of
+    `threads` images run concurrently (one single-threaded run per core)."""
+    from imgtrans.export import export_onnx
+    from imgtrans.onnxrun import OnnxGenerator
+    from imgtrans.quantize import calibration_images, export_int8
+
+    write_jpegs(workdir / "calib-means", 8, x.shape[-2], x.shape[-1], seed=50)
+    images = calibration_images(workdir / "calib-means", x.shape[-1])
+    files = {"fp32": export_onnx(net, workdir / "means.onnx"),
+             "int8": export_int8(net, workdir / "means.int8.onnx", {}, images).path}
+    xn = x.repeat(threads, 1, 1, 1)
+    out: dict[str, Callable[[], Any]] = {}
+    for kind, path in files.items():
+        gen = OnnxGenerator(path, threads)
+        if kind == "int8":
+            out[f"onnxruntime int8 ({threads} threads)"] = lambda gen=gen: gen(x)
+        out[f"onnxruntime {kind}, {threads} images at once ({threads} threads, per image)"] = lambda gen=gen: gen(xn)
+    return out
 
 
 def _onnxruntime_variant(net: torch.nn.Module, x: torch.Tensor, workdir: Path,
@@ -287,8 +324,9 @@ def tile_sizes(model: Path, hw: tuple[int, int], pixel_budget: int, rounds: int)
     return out
 
 
-def precision_check(models: dict[str, str], photos: list[str]) -> dict[str, Any]:
-    """PSNR of bf16-autocast output against fp32 output, per generator, over real photos."""
+def precision_check(models: dict[str, str], photos: list[str], calibration: str) -> dict[str, Any]:
+    """PSNR of bf16-autocast and of int8 (ONNX, calibrated on `calibration`) output against fp32
+    output, per generator, over real photos."""
     from PIL import Image
 
     from imgtrans.pipelines.translate import TranslateConfig, Translator
@@ -297,28 +335,59 @@ def precision_check(models: dict[str, str], photos: list[str]) -> dict[str, Any]
     for label, path in models.items():
         net = load(Path(path))
         fp32 = Translator(net, device="cpu", config=TranslateConfig(precision="fp32"))
-        bf16 = Translator(net, device="cpu", config=TranslateConfig(precision="bf16"))
-        psnrs, worst = [], 0
-        for photo in photos:
-            rgb = np.asarray(Image.open(photo).convert("RGB"))
-            a, b = fp32(rgb).astype(np.float64), bf16(rgb).astype(np.float64)
-            mse = float(((a - b) ** 2).mean())
-            psnrs.append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
-            worst = max(worst, int(np.abs(a - b).max()))
-        out[label] = {"images": len(photos), "min": min(psnrs), "mean": float(np.mean(psnrs)), "max_diff": worst}
+        fast = {"bf16 autocast": Translator(net, device="cpu", config=TranslateConfig(precision="bf16"))}
+        if importlib.util.find_spec("onnxruntime") is not None:
+            fast["int8 ONNX"] = Translator(_int8_of(net, calibration), device="cpu")
+        for mode, translator in fast.items():
+            psnrs, worst = [], 0
+            for photo in photos:
+                rgb = np.asarray(Image.open(photo).convert("RGB"))
+                a, b = fp32(rgb).astype(np.float64), translator(rgb).astype(np.float64)
+                mse = float(((a - b) ** 2).mean())
+                psnrs.append(99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse))
+                worst = max(worst, int(np.abs(a - b).max()))
+            out[f"{label}, {mode}"] = {"images": len(photos), "min": min(psnrs), "mean": float(np.mean(psnrs)),
+                                       "max_diff": worst}
     return out
+
+
+def _int8_of(net: torch.nn.Module, calibration: str) -> torch.nn.Module:
+    from imgtrans.onnxrun import OnnxGenerator
+    from imgtrans.quantize import calibration_images, export_int8
+
+    folder = Path(tempfile.mkdtemp(prefix="imgtrans-int8-"))
+    report_ = export_int8(net, folder / "g.int8.onnx", {}, calibration_images(calibration, 256))
+    return OnnxGenerator(report_.path)
+
+
+# Folder implementations besides the naive loop: imgtrans with each backend, by model file.
+BACKENDS = {"imgtrans": "generator.safetensors", "onnx": "generator.onnx", "int8": "generator.int8.onnx"}
+BACKEND_LABELS = {"imgtrans": "imgtrans (torch, precision {precision}: {dtype})",
+                  "onnx": "imgtrans --weights FILE.onnx (onnxruntime fp32)",
+                  "int8": "imgtrans --weights FILE.onnx (onnxruntime int8, export --format onnx-int8)"}
+
+
+def prepare_onnx(workdir: Path, calibration: Path) -> dict[str, Any]:
+    """The benchmark generator as fp32 and int8 ONNX files beside its .safetensors."""
+    from imgtrans.export import export_checked
+    from imgtrans.quantize import calibration_images, export_int8
+
+    net = load(workdir / "model" / BACKENDS["imgtrans"])
+    diff = export_checked(net, workdir / "model" / BACKENDS["onnx"], {}).max_abs_diff
+    q = export_int8(net, workdir / "model" / BACKENDS["int8"], {}, calibration_images(calibration, 256))
+    return {"onnx_max_diff": diff, "int8_mean_psnr": q.mean_psnr}
 
 
 def run_one(case: str, workdir: Path, plan: Plan) -> dict[str, Any]:
     model = workdir / "model" / "generator.safetensors"
-    if case == "naive-small":
-        return naive_folder(model, workdir / "small", workdir / "out-naive-small")
-    if case == "imgtrans-small":
-        return imgtrans_folder(model, workdir / "small", workdir / "out-imgtrans-small", plan.pixel_budget)
-    if case == "naive-large":
-        return naive_folder(model, workdir / "large", workdir / "out-naive-large")
-    if case == "imgtrans-large":
-        return imgtrans_folder(model, workdir / "large", workdir / "out-imgtrans-large", plan.pixel_budget)
+    impl, _, size = case.partition("-")
+    if case == "prepare-onnx":
+        return prepare_onnx(workdir, workdir / "calib")
+    if impl == "naive" and size in ("small", "large"):
+        return naive_folder(model, workdir / size, workdir / f"out-naive-{size}")
+    if impl in BACKENDS and size in ("small", "large"):
+        return imgtrans_folder(workdir / "model" / BACKENDS[impl], workdir / size, workdir / f"out-{impl}-{size}",
+                               plan.pixel_budget)
     if case == "tiles":
         return tile_sizes(model, plan.large_hw, plan.pixel_budget, plan.tile_rounds)
     if case == "means":
@@ -333,7 +402,10 @@ def run_one(case: str, workdir: Path, plan: Plan) -> dict[str, Any]:
         real = sorted(glob.glob(str(ROOT.parent / "shared" / "data" / "horse2zebra" / "testA" / "*.jpg")))
         if plan.quick:
             photos = photos[:1]
-        return precision_check(models, photos + real[:plan.real_photos])
+        # int8 calibrates on train photos of the same pair where present, never on the photos scored.
+        train = ROOT.parent / "shared" / "data" / "horse2zebra" / "trainA"
+        calibration = str(train) if train.is_dir() else str(ROOT / "samples" / "photos")
+        return precision_check(models, photos + real[:plan.real_photos], calibration)
     raise SystemExit(f"unknown case {case}")
 
 
@@ -347,26 +419,31 @@ def faster(old: CaseResult | None, new: CaseResult) -> CaseResult:
     return CaseResult(best.name, best.values, max(old.max_rss_mb, new.max_rss_mb), best.seconds)
 
 
-def folder_rows(results: dict[str, Any], plan: Plan) -> list[list[Any]]:
-    """Rows for whichever of naive/imgtrans ran per size; the ratio needs both from this run."""
+def folder_rows(results: dict[str, Any], plan: Plan, impls: list[str]) -> list[list[Any]]:
+    """Rows for whichever implementations ran per size; ratios need the naive run from this run."""
     rows = []
     for size in ("small", "large"):
-        naive, ours = results.get(f"naive-{size}"), results.get(f"imgtrans-{size}")
+        naive = results.get(f"naive-{size}")
         n_rate = naive.values["images"] / naive.values["seconds"] if naive else None
-        o_rate = ours.values["images"] / ours.values["seconds"] if ours else None
-        ratio = o_rate / n_rate if n_rate and o_rate else None
         if size == "small":
             label = f"{plan.small_n} x {plan.small_side}x{plan.small_side}"
-            target, ok = f">= {TARGET_RATIO}x naive", None if ratio is None else ratio >= TARGET_RATIO
         else:
             label = f"{plan.large_n} x {plan.large_hw[1]}x{plan.large_hw[0]}"
-            target, ok = f"max RSS < {TARGET_RSS_MB} MB", ours.max_rss_mb < TARGET_RSS_MB if ours else None
         if naive:
             rows.append([label, "naive (reference test loop)", n_rate, naive.values["median_s"], naive.max_rss_mb,
                          1.0, "", ""])
-        if ours:
-            rows.append([label, f"imgtrans (precision {ours.values['precision']}: {ours.values['dtype']})", o_rate,
-                         ours.values["median_s"], ours.max_rss_mb, ratio, target, verdict(ok)])
+        for impl in (i for i in impls if i in BACKENDS):
+            ours = results.get(f"{impl}-{size}")
+            if ours is None:
+                continue
+            rate = ours.values["images"] / ours.values["seconds"]
+            ratio = rate / n_rate if n_rate else None
+            if size == "small":
+                target, ok = f">= {TARGET_RATIO}x naive", None if ratio is None else ratio >= TARGET_RATIO
+            else:
+                target, ok = f"max RSS < {TARGET_RSS_MB} MB", ours.max_rss_mb < TARGET_RSS_MB
+            name = BACKEND_LABELS[impl].format(precision=ours.values["precision"], dtype=ours.values["dtype"])
+            rows.append([label, name, rate, ours.values["median_s"], ours.max_rss_mb, ratio, target, verdict(ok)])
     return rows
 
 
@@ -378,8 +455,11 @@ DECISIONS = {
     "channels_last": "CUDA only",
     "bf16 autocast": "auto: native bf16 CPUs only",
     "1 intra-op thread": "default (all cores) kept",
+    "sub-pixel upsampling": "shipped (CPU, ONNX export)",
     "torch.compile": "dropped: compile > saving",
-    "onnxruntime": "no backend: not faster",
+    "onnxruntime (": "backend: --weights FILE.onnx",
+    "onnxruntime fp32,": "backend: batches of same-size photos",
+    "onnxruntime int8": "opt-in: export --format onnx-int8",
     "imgtrans Translator": "shipped",
 }
 
@@ -396,6 +476,15 @@ def means_rows(m: dict[str, Any]) -> list[list[Any]]:
 
 def folder_section(work: Path, plan: Plan, sizes: list[str], impls: list[str], extra: list[str]) -> None:
     results: dict[str, Any] = {}
+    if {"onnx", "int8"} & set(impls):
+        if importlib.util.find_spec("onnxruntime") is None:
+            print("- onnx and int8 rows skipped: pip install 'imgtrans[onnx]'\n", flush=True)
+            impls = [i for i in impls if i not in ("onnx", "int8")]
+        else:  # int8 calibrated on photos of the same kind as the folders, not the timed ones
+            write_jpegs(work / "calib", 8, plan.small_side, plan.small_side, seed=50)
+            prepared = run_case(SCRIPT, "prepare-onnx", work, extra).values
+            print(f"- ONNX: max |onnxruntime - torch| {prepared['onnx_max_diff']:.1e}; int8 mean PSNR against "
+                  f"fp32 on the calibration photos {prepared['int8_mean_psnr']:.1f} dB\n", flush=True)
     for size in sizes:
         if size == "small":
             write_jpegs(work / "small", plan.small_n, plan.small_side, plan.small_side)
@@ -409,7 +498,7 @@ def folder_section(work: Path, plan: Plan, sizes: list[str], impls: list[str], e
                 "alternating runs; a fresh process per run)",
                 ["photos", "implementation", "images/s", "median s/image", "max RSS MB", "vs naive", "target",
                  "result"],
-                folder_rows(results, plan))
+                folder_rows(results, plan, impls))
 
 
 def means_section(work: Path, plan: Plan, extra: list[str]) -> None:
@@ -447,8 +536,8 @@ def precision_section(work: Path, extra: list[str]) -> None:
     pr = run_case(SCRIPT, "precision", work, extra).values
     rows = [[label, r["images"], r["min"], r["mean"], r["max_diff"], f"> {TARGET_PSNR:.0f} dB",
              verdict(r["min"] > TARGET_PSNR)] for label, r in pr.items()]
-    print_table("bf16 autocast vs fp32 output on real photos (samples/photos, horse2zebra testA)",
-                ["generator", "photos", "min PSNR dB", "mean PSNR dB", "max abs diff (levels)", "target", "result"],
+    print_table("bf16 autocast and int8 (ONNX) vs fp32 output on real photos (samples/photos, horse2zebra testA)",
+                ["generator, precision", "photos", "min PSNR dB", "mean PSNR dB", "max abs diff (levels)", "target", "result"],
                 rows)
 
 
@@ -456,7 +545,8 @@ def main() -> None:
     parser = case_args(__doc__.splitlines()[0])
     parser.add_argument("--sections", default="small,means,precision,large,tiles",
                         help="comma-separated subset of small,means,precision,large,tiles")
-    parser.add_argument("--impls", default="naive,imgtrans", help="folder runs to time: naive,imgtrans")
+    parser.add_argument("--impls", default="naive,imgtrans,onnx,int8",
+                        help="folder runs to time: naive,imgtrans (torch),onnx (fp32),int8 (the last two need the onnx extra)")
     args = parser.parse_args()
     extra = ["--quick"] if args.quick else []
     plan = QUICK if args.quick else FULL

@@ -90,6 +90,26 @@ def _train_command(name: str) -> click.Command:
     return click.Command(name, params=params, callback=callback, help=f"Train {name}: {doc}")
 
 
+def _with_model_defaults(meta: dict[str, Any], size: str | None, keep_detail: bool | None,
+                         echo: bool = True) -> tuple[str | None, bool]:
+    """--size and --keep-detail, each from the command line or else from the model's recorded
+    defaults (manifest "defaults"); says which defaults it used."""
+    defaults = meta.get("defaults") or {}
+    used = []
+    if size is None and defaults.get("size") is not None:
+        size = str(defaults["size"])
+        used.append(f"--size {size}")
+    if keep_detail is None:
+        # Only meaningful when the network runs smaller than the photo (not at --size 0).
+        keep_detail = bool(defaults.get("keep_detail", False)) and str(size or 0).strip() != "0"
+        if keep_detail:
+            used.append("--keep-detail")
+    if used and echo:
+        click.echo(f"{meta.get('name', 'model')}: using its recorded settings {' '.join(used)} "
+                   "(override with --size N|0 / --no-keep-detail)", err=True)
+    return size, keep_detail
+
+
 def _parse_size(text: str | None, meta: dict[str, Any]) -> int:
     from imgtrans.weights import run_size
 
@@ -103,7 +123,7 @@ def _parse_size(text: str | None, meta: dict[str, Any]) -> int:
 @click.option("--weights", type=click.Path(), help="weights file, training run folder, checkpoint, official .pth or exported .onnx")
 @click.option("--direction", type=click.Choice(["AtoB", "BtoA"]), help="which generator of a two-way model")
 @click.option("--size", metavar="N|train", help="run at this short side (or the training size), resize back")
-@click.option("--keep-detail", is_flag=True,
+@click.option("--keep-detail/--no-keep-detail", default=None,
               help="with --size: add the network's edit to the full-resolution photo, keeping its fine detail")
 @click.option("--tile", type=click.IntRange(min=0), default=0, help="tile side for large images (0: automatic)")
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
@@ -115,9 +135,12 @@ def _parse_size(text: str | None, meta: dict[str, Any]) -> int:
 @click.option("--recursive/--no-recursive", default=True, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar")
 def translate(input_path: str, output_path: str, model: str | None, weights: str | None, direction: str | None,
-              size: str | None, keep_detail: bool, tile: int, batch_size: int, device: str, precision: str, fmt: str,
-              overwrite: bool, recursive: bool, quiet: bool) -> None:
-    """Translate a photo or a folder of photos (mirrored into OUTPUT) with a model."""
+              size: str | None, keep_detail: bool | None, tile: int, batch_size: int, device: str, precision: str,
+              fmt: str, overwrite: bool, recursive: bool, quiet: bool) -> None:
+    """Translate a photo or a folder of photos (mirrored into OUTPUT) with a model.
+
+    A shipped model may record the settings its figures were measured with (e.g. --size train
+    --keep-detail); they apply unless given here."""
     from tqdm import tqdm
 
     from imgtrans.pipelines.folders import plan
@@ -131,6 +154,7 @@ def translate(input_path: str, output_path: str, model: str | None, weights: str
         # Planned before any model loads, so a bad path fails fast.
         work, jobs = shard.plan(lambda: plan(input_path, output_path, fmt, recursive, overwrite))
         loaded = load_generator(model or weights, direction)
+        size, keep_detail = _with_model_defaults(loaded.meta, size, keep_detail, echo=shard.is_main)
         config = TranslateConfig(size=_parse_size(size, loaded.meta), tile=tile, batch_size=batch_size,
                                  precision=precision, keep_detail=keep_detail)
         translator = Translator(loaded.net, loaded.meta, device=shard.device(device), config=config)
@@ -305,14 +329,17 @@ def weights_import(path: str, name: str, direction: str | None) -> None:
 @click.option("--licence", default="", help="terms the training data puts on the weights")
 @click.option("--note", default="", help="anything else a user should know")
 @click.option("--no-fp16", is_flag=True, help="store float32 even where fp16 is lossless")
+@click.option("--default-size", metavar="N|train", help="the --size `imgtrans translate` uses unless told")
+@click.option("--default-keep-detail", is_flag=True, help="`imgtrans translate` keeps detail unless told not to")
 def weights_ship(export: str, name: str, folder: str | None, data: str, command: str, cpu_hours: float,
-                 metrics_file: str | None, licence: str, note: str, no_fp16: bool) -> None:
+                 metrics_file: str | None, licence: str, note: str, no_fp16: bool, default_size: str | None,
+                 default_keep_detail: bool) -> None:
     """Add an exported generator to a weights folder (fp16 when no output moves by 1/255) with its
     manifest entry; replaces an entry of the same name."""
     import json
 
     from imgtrans.ship import ShipRequest, ship
-    from imgtrans.weights import repo_weights_dir
+    from imgtrans.weights import repo_weights_dir, run_size
 
     fields: dict[str, Any] = {"data": data, "command": command, "cpu_hours": cpu_hours}
     if metrics_file:
@@ -321,6 +348,11 @@ def weights_ship(export: str, name: str, folder: str | None, data: str, command:
         except json.JSONDecodeError as e:
             raise UserError(f"{metrics_file}: not valid JSON ({e}); pass a JSON object of figures") from None
     fields.update({k: v for k, v in (("licence", licence), ("note", note)) if v})
+    if default_keep_detail and not default_size:
+        raise UserError("--default-keep-detail needs --default-size: detail is kept only when the network runs smaller")
+    if default_size:
+        run_size(default_size, {"train_size": 1})  # the same check `translate --size` makes
+        fields["defaults"] = {"size": default_size, "keep_detail": default_keep_detail}
     req = ShipRequest(export=Path(export), name=name, folder=Path(folder) if folder else repo_weights_dir(),
                       fields=fields, fp16=not no_fp16)
     entry = ship(req)

@@ -327,6 +327,8 @@ def _load_name(name: str, direction: str | None) -> LoadedGenerator:
     path, entry = verified_file(name)
     loaded = _load_path(path, direction or entry.get("direction"))
     meta = {**loaded.meta, "name": name}
+    if entry.get("defaults"):
+        meta["defaults"] = dict(entry["defaults"])  # the run settings its figures were measured with
     return LoadedGenerator(net=loaded.net, meta=meta, source=f"{name} ({path})")
 
 

@@ -102,3 +102,35 @@ def test_ship_refuses_what_it_cannot_ship(tmp_path: Path, dirs: Path) -> None:
     assert run_cli(["weights", "ship", str(path), "--name", "n", "--data", "d", "--command", "c", "--cpu-hours", "1",
                     "--metrics", str(bad)]) == 2
     assert read_manifest(dirs) == []
+
+
+def test_recorded_run_settings_apply_to_translate_unless_overridden(tmp_path: Path, dirs: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from PIL import Image
+
+    from imgtrans.pipelines.translate import TranslateConfig, Translator
+
+    path, net = export(tmp_path)
+    base = ["weights", "ship", str(path), "--name", "tiny2b", "--data", "d", "--command", "c", "--cpu-hours", "1"]
+    assert run_cli([*base, "--default-keep-detail"]) == 2  # keeping detail needs a smaller run size
+    assert "--default-size" in capsys.readouterr().err
+    assert run_cli([*base, "--default-size", "big"]) == 2
+    assert run_cli([*base, "--default-size", "train", "--default-keep-detail"]) == 0
+    assert read_manifest(dirs)[0]["defaults"] == {"size": "train", "keep_detail": True}
+    src = tmp_path / "in"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(src / "p.png")
+    capsys.readouterr()
+    assert run_cli(["translate", str(src), str(tmp_path / "out"), "-m", "tiny2b", "-q"]) == 0
+    assert "using its recorded settings --size train --keep-detail" in capsys.readouterr().err
+    loaded = load_generator("tiny2b")
+    recorded = Translator(loaded.net, device="cpu", config=TranslateConfig(size=36, keep_detail=True))
+    native = Translator(loaded.net, device="cpu", config=TranslateConfig())
+    got = np.asarray(Image.open(tmp_path / "out" / "p.png"))
+    assert np.array_equal(got, recorded(rgb)) and not np.array_equal(got, native(rgb))
+    # Flags on the command line win, and nothing is announced.
+    assert run_cli(["translate", str(src), str(tmp_path / "out0"), "-m", "tiny2b", "--size", "0", "-q"]) == 0
+    assert "recorded settings" not in capsys.readouterr().err
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "out0" / "p.png")), native(rgb))
