@@ -92,18 +92,10 @@ def _train_command(name: str) -> click.Command:
 
 def _with_model_defaults(meta: dict[str, Any], size: str | None, keep_detail: bool | None,
                          echo: bool = True) -> tuple[str | None, bool]:
-    """--size and --keep-detail, each from the command line or else from the model's recorded
-    defaults (manifest "defaults"); says which defaults it used."""
-    defaults = meta.get("defaults") or {}
-    used = []
-    if size is None and defaults.get("size") is not None:
-        size = str(defaults["size"])
-        used.append(f"--size {size}")
-    if keep_detail is None:
-        # Only meaningful when the network runs smaller than the photo (not at --size 0).
-        keep_detail = bool(defaults.get("keep_detail", False)) and str(size or 0).strip() != "0"
-        if keep_detail:
-            used.append("--keep-detail")
+    """--size and --keep-detail after the model's recorded defaults; says which it used."""
+    from imgtrans.weights import recorded_settings
+
+    size, keep_detail, used = recorded_settings(meta, size, keep_detail)
     if used and echo:
         click.echo(f"{meta.get('name', 'model')}: using its recorded settings {' '.join(used)} "
                    "(override with --size N|0 / --no-keep-detail)", err=True)

@@ -51,6 +51,24 @@ def run_size(size: int | str | None, meta: dict[str, Any]) -> int:
     return int(text)
 
 
+def recorded_settings(meta: dict[str, Any], size: int | str | None,
+                      keep_detail: bool | None) -> tuple[int | str | None, bool, list[str]]:
+    """`size` and `keep_detail`, each as given or else from the model's recorded defaults (a
+    shipped model's manifest "defaults": the settings its figures were measured with), and the
+    flags that came from the defaults."""
+    defaults = meta.get("defaults") or {}
+    used = []
+    if size is None and defaults.get("size") is not None:
+        size = str(defaults["size"])
+        used.append(f"--size {size}")
+    if keep_detail is None:
+        # Only meaningful when the network runs smaller than the photo (not at size 0).
+        keep_detail = bool(defaults.get("keep_detail", False)) and str(size or 0).strip() != "0"
+        if keep_detail:
+            used.append("--keep-detail")
+    return size, keep_detail, used
+
+
 def repo_weights_dir() -> Path:
     """The shipped `weights/` folder (or $IMGTRANS_WEIGHTS)."""
     env = os.environ.get("IMGTRANS_WEIGHTS")

@@ -134,3 +134,8 @@ def test_recorded_run_settings_apply_to_translate_unless_overridden(tmp_path: Pa
     assert run_cli(["translate", str(src), str(tmp_path / "out0"), "-m", "tiny2b", "--size", "0", "-q"]) == 0
     assert "recorded settings" not in capsys.readouterr().err
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out0" / "p.png")), native(rgb))
+    # The Python API applies the same recorded settings.
+    import imgtrans
+
+    assert imgtrans.load("tiny2b", device="cpu").config == recorded.config
+    assert imgtrans.load("tiny2b", device="cpu", size=0).config == native.config
