@@ -122,14 +122,13 @@ def test_shipped_translation_moves_test_photos_to_the_target_domain(name: str) -
     The full figures (FID, KID beside the identity baseline) are in the manifest entry; this is
     the cheap check that the file shipped is the one that earned them.
     """
+    import imgtrans
     from imgtrans.eval.judge import load_judge
     from imgtrans.io import read_rgb
-    from imgtrans.pipelines.translate import TranslateConfig, Translator
-    from imgtrans.weights import load_generator, run_size
 
     folder, source, judge_name, to_b = TRANSLATIONS[name]
-    g = load_generator(name)
-    translator = Translator(g.net, g.meta, device="cpu", config=TranslateConfig(size=run_size("train", g.meta)))
+    translator = imgtrans.load(name, device="cpu")  # with the settings its figures were measured with
+    assert translator.config.size == translator.meta["train_size"]
     judge = load_judge(judge_name)
     rgbs = [np.asarray(read_rgb(p)) for p in sorted((data_root() / folder / source).glob("*.jpg"))[:12]]
     outs = [translator.translate_rgb([x])[0] for x in rgbs]
