@@ -86,11 +86,16 @@ def test_onnx_models_run_whole_images_instead_of_tiles(int8_model: Path) -> None
     loaded = load_generator(int8_model)
     x = to_input(photo(72, 96, seed=3))
     whole = Translator(loaded.net, device="cpu").run_tensor(x)
-    # A pixel budget this small would tile a torch model; tiles without shared statistics would seam.
-    budget = Translator(loaded.net, device="cpu", config=TranslateConfig(pixel_budget=32 * 32)).run_tensor(x)
+    # This pixel budget would tile a torch model; tiles without shared statistics would seam.
+    budget = Translator(loaded.net, device="cpu", config=TranslateConfig(pixel_budget=72 * 96 // 2)).run_tensor(x)
     assert torch.equal(whole, budget)
     with pytest.raises(UserError, match="--tile 64"):
         Translator(loaded.net, device="cpu", config=TranslateConfig(tile=64))
+    # Far beyond the budget it refuses (whole-image memory), naming the way out.
+    tiny = Translator(loaded.net, device="cpu", config=TranslateConfig(pixel_budget=32 * 32))
+    with pytest.raises(ValueError, match="--size"):
+        tiny.run_tensor(to_input(photo(72, 96, seed=3)))
+    assert Translator(loaded.net, device="cpu", config=TranslateConfig(pixel_budget=72 * 96 // 2)).run_tensor(x).shape == x.shape
     assert to_rgb(whole).shape == (72, 96, 3)
 
 
@@ -105,6 +110,12 @@ def test_translate_cli_runs_an_onnx_model_on_a_folder(tmp_path: Path, int8_model
     assert run_cli(["translate", str(src), str(tmp_path / "o2"), "--weights", str(int8_model), "--tile", "64"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "--tile 64" in err and "--size" in err
+    # A photo too large to run whole fails on its own line; the others still convert.
+    Image.new("RGB", (2100, 2050), (90, 120, 60)).save(src / "huge.jpg")
+    assert run_cli(["translate", str(src), str(tmp_path / "o3"), "--weights", str(int8_model), "-q"]) == 1
+    failed = [ln for ln in capsys.readouterr().err.splitlines() if "failed:" in ln]
+    assert len(failed) == 1 and "huge.jpg" in failed[0] and "--size" in failed[0]
+    assert (tmp_path / "o3" / "a.jpg").is_file() and not (tmp_path / "o3" / "huge.jpg").exists()
 
 
 def test_int8_export_errors_are_one_line(tmp_path: Path, int8_model: Path, net: ResnetGenerator,

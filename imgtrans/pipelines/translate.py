@@ -43,6 +43,10 @@ class TranslateConfig:
     keep_detail: bool = False  # with `size`: add the network's edit to the full-resolution photo
 
 
+# Backends that cannot tile (ONNX) run photos whole up to this many times `pixel_budget`.
+WHOLE_LIMIT = 2
+
+
 def to_input(rgb: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> 1x3xHxW float in [-1, 1]."""
     # np.require copies only read-only or strided arrays (e.g. np.asarray of a PIL image).
@@ -177,6 +181,10 @@ class Translator:
             x = x.contiguous(memory_format=torch.channels_last)
         h, w = x.shape[-2:]
         sh, sw = self._scaled_size(h, w)
+        if not self.tileable and sh * sw > WHOLE_LIMIT * self.config.pixel_budget:
+            # Whole-image backends need ~1.8 GB per megapixel at ngf 64 (5.6 GB at 2048x1536).
+            raise ValueError(f"{sw}x{sh} is too large to run whole with this model's backend; pass --size "
+                             "(e.g. --size train) or use the model's .safetensors weights, which run in tiles")
         full = x
         if (sh, sw) != (h, w):
             x = F.interpolate(x, size=(sh, sw), mode="bicubic", align_corners=False, antialias=True)
