@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -52,11 +53,17 @@ def quick(script: str) -> str:
 @pytest.mark.slow
 def test_translate_quick_prints_every_table() -> None:
     out = quick("translate.py")
-    for row in ("naive (reference test loop)", "imgtrans (precision auto", "inference_mode", "bf16 autocast",
+    for row in ("naive (reference test loop)", "imgtrans (torch, precision auto", "inference_mode", "bf16 autocast",
                 "batch of 4", "imgtrans Translator (shipped path)", "% of peak", "automatic tiles (shipped)",
-                "untrained ResNet-9 ngf16", "min PSNR dB"):
+                "untrained ResNet-9 ngf16, bf16 autocast", "min PSNR dB", "sub-pixel upsampling (exact)"):
         assert row in out
-    assert out.count("| 4 x 128x128") == 2 and out.count("| 2 x 640x384") == 2  # naive and imgtrans rows
+    if importlib.util.find_spec("onnxruntime") is None:  # the onnx extra adds the backend rows
+        assert out.count("| 4 x 128x128") == 2 and out.count("| 2 x 640x384") == 2  # naive and torch rows
+        return
+    for row in ("(onnxruntime fp32)", "(onnxruntime int8, export --format onnx-int8)", "onnxruntime int8 (",
+                "untrained ResNet-9 ngf16, int8 ONNX", "int8 mean PSNR against fp32"):
+        assert row in out
+    assert out.count("| 4 x 128x128") == 4 and out.count("| 2 x 640x384") == 4  # naive, torch, onnx, int8
 
 
 @pytest.mark.slow
