@@ -125,10 +125,13 @@ def test_shipped_translation_moves_test_photos_to_the_target_domain(name: str) -
     import imgtrans
     from imgtrans.eval.judge import load_judge
     from imgtrans.io import read_rgb
+    from imgtrans.weights import run_size
 
     folder, source, judge_name, to_b = TRANSLATIONS[name]
     translator = imgtrans.load(name, device="cpu")  # with the settings its figures were measured with
-    assert translator.config.size == translator.meta["train_size"]
+    recorded = translator.meta["defaults"]
+    assert translator.config.size == run_size(recorded["size"], translator.meta)
+    assert translator.config.keep_detail == recorded["keep_detail"]
     judge = load_judge(judge_name)
     rgbs = [np.asarray(read_rgb(p)) for p in sorted((data_root() / folder / source).glob("*.jpg"))[:12]]
     outs = [translator.translate_rgb([x])[0] for x in rgbs]
