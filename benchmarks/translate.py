@@ -325,7 +325,7 @@ def tile_sizes(model: Path, hw: tuple[int, int], pixel_budget: int, rounds: int)
     return out
 
 
-def precision_check(models: dict[str, str], photos: list[str], calibration: str) -> dict[str, Any]:
+def precision_check(models: dict[str, str], photos: list[str], calibration: str, workdir: Path) -> dict[str, Any]:
     """PSNR of bf16-autocast and of int8 (ONNX, calibrated on `calibration`) output against fp32
     output, per generator, over real photos."""
     from PIL import Image
@@ -338,7 +338,8 @@ def precision_check(models: dict[str, str], photos: list[str], calibration: str)
         fp32 = Translator(net, device="cpu", config=TranslateConfig(precision="fp32"))
         fast = {"bf16 autocast": Translator(net, device="cpu", config=TranslateConfig(precision="bf16"))}
         if importlib.util.find_spec("onnxruntime") is not None:
-            fast["int8 ONNX"] = Translator(_int8_of(net, calibration), device="cpu")
+            fast["int8 ONNX"] = Translator(_int8_of(net, calibration, workdir / f"precision-{len(out)}.onnx"),
+                                           device="cpu")
         for mode, translator in fast.items():
             psnrs, worst = [], 0
             for photo in photos:
@@ -352,13 +353,11 @@ def precision_check(models: dict[str, str], photos: list[str], calibration: str)
     return out
 
 
-def _int8_of(net: torch.nn.Module, calibration: str) -> torch.nn.Module:
+def _int8_of(net: torch.nn.Module, calibration: str, path: Path) -> torch.nn.Module:
     from imgtrans.onnxrun import OnnxGenerator
     from imgtrans.quantize import calibration_images, export_int8
 
-    folder = Path(tempfile.mkdtemp(prefix="imgtrans-int8-"))
-    report_ = export_int8(net, folder / "g.int8.onnx", {}, calibration_images(calibration, 256))
-    return OnnxGenerator(report_.path)
+    return OnnxGenerator(export_int8(net, path, {}, calibration_images(calibration, 256)).path)
 
 
 # Folder implementations besides the naive loop: imgtrans with each backend, by model file.
@@ -408,7 +407,7 @@ def run_one(case: str, workdir: Path, plan: Plan) -> dict[str, Any]:
         # int8 calibrates on train photos of the same pair where present, never on the photos scored.
         train = ROOT.parent / "shared" / "data" / "horse2zebra" / "trainA"
         calibration = str(train) if train.is_dir() else str(ROOT / "samples" / "photos")
-        return precision_check(models, photos + real[:plan.real_photos], calibration)
+        return precision_check(models, photos + real[:plan.real_photos], calibration, workdir)
     raise SystemExit(f"unknown case {case}")
 
 
