@@ -17,7 +17,7 @@ install: $(STAMP)
 
 # Translates samples/photos with a shipped model (weights/, offline; see weights/README.md).
 demo: $(STAMP)
-	$(BIN)/imgtrans translate samples/photos runs/demo-translated --overwrite -m monet2photo --size train
+	$(BIN)/imgtrans translate samples/photos runs/demo-translated --overwrite -m monet2photo
 	@echo "Translated photos: runs/demo-translated/  (shipped models: $(BIN)/imgtrans weights list)"
 
 test: $(STAMP)
