@@ -45,9 +45,10 @@ def calibration_images(folder: str | Path, side: int, limit: int = MAX_CALIBRATI
     paths = list_images(folder)
     if not paths:
         raise UserError(f"{folder}: no images to calibrate on; pass a folder of photos like the ones to translate")
-    picked = [paths[round(i * (len(paths) - 1) / max(1, limit - 1))] for i in range(min(limit, len(paths)))]
+    n = min(limit, len(paths))
+    picked = [paths[round(i * (len(paths) - 1) / max(1, n - 1))] for i in range(n)]
     images = []
-    for path in dict.fromkeys(picked):
+    for path in picked:
         try:
             img = ImageOps.fit(read_rgb(path), (side, side), Image.Resampling.BICUBIC)
         except ImageReadError as e:

@@ -156,3 +156,14 @@ def test_a_batch_runs_concurrently_and_matches_one_by_one(int8_model: Path) -> N
     assert not torch.allclose(together[0], together[1])  # each image got its own output
     translator = Translator(gen, device="cpu", config=TranslateConfig(batch_size=4))
     assert translator._per_forward() == 4  # the Translator hands the backend whole batches
+
+
+def test_calibration_takes_every_photo_up_to_the_limit_spread_evenly(tmp_path: Path) -> None:
+    from imgtrans.quantize import calibration_images
+
+    for i in range(5):
+        Image.fromarray(np.full((30 + i, 40, 3), 40 * i, np.uint8)).save(tmp_path / f"p{i}.png")
+    every = calibration_images(tmp_path, 16)
+    assert len(every) == 5 and all(x.shape == (1, 3, 16, 16) for x in every)
+    firsts = [round(float(x[0, 0, 0, 0]), 3) for x in calibration_images(tmp_path, 8, limit=3)]
+    assert firsts == [round(40 * i / 127.5 - 1, 3) for i in (0, 2, 4)]  # first, middle, last
