@@ -154,8 +154,33 @@ def test_a_batch_runs_concurrently_and_matches_one_by_one(int8_model: Path) -> N
     alone = torch.cat([OnnxGenerator(int8_model, threads=1)(xi[None]) for xi in x])
     assert together.shape == x.shape and torch.allclose(together, alone, atol=1e-5)
     assert not torch.allclose(together[0], together[1])  # each image got its own output
-    translator = Translator(gen, device="cpu", config=TranslateConfig(batch_size=4))
-    assert translator._per_forward() == 4  # the Translator hands the backend whole batches
+
+
+class _BatchRecorder(torch.nn.Module):
+    """A whole-image, batch-parallel backend stand-in that records the batch sizes it is given."""
+
+    tileable = False
+    batch_parallel = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[int] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.batches.append(len(x))
+        return x
+
+
+def test_batch_parallel_backends_get_small_images_together_and_large_ones_one_by_one() -> None:
+    x = torch.stack([to_input(photo(40, 48, seed=s))[0] for s in range(3)])
+    small = _BatchRecorder()
+    Translator(small, device="cpu", config=TranslateConfig(batch_size=4)).run_tensor(x)
+    assert small.batches == [3]
+    # Over the pixel budget (but under the whole-image limit) images run one at a time, so
+    # concurrent runs do not add up the memory of large images.
+    large = _BatchRecorder()
+    Translator(large, device="cpu", config=TranslateConfig(batch_size=4, pixel_budget=40 * 48 - 1)).run_tensor(x)
+    assert large.batches == [1, 1, 1]
 
 
 def test_calibration_takes_every_photo_up_to_the_limit_spread_evenly(tmp_path: Path) -> None:

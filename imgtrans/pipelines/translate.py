@@ -144,11 +144,15 @@ class Translator:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def _per_forward(self) -> int:
+    def _per_forward(self, pixels: int) -> int:
         # On CPU one image per forward is faster than a batch (ResNet-9 at 256 px: 4 images in
         # one pass cost ~16% more per image, the activations fall out of cache); GPUs want batches,
-        # and so does a backend that runs a batch's images concurrently (OnnxGenerator).
-        whole_batch = self.device.type != "cpu" or getattr(self.net, "batch_parallel", False)
+        # and so does a backend that runs a batch's images concurrently (OnnxGenerator) - but only
+        # small ones: concurrent whole images over the pixel budget add up their memory (int8 at
+        # 2048x1536: 2.2 GB alone, 5.6 GB two at a time), and one large image keeps every thread
+        # busy by itself.
+        small = pixels <= self.config.pixel_budget
+        whole_batch = self.device.type != "cpu" or (small and getattr(self.net, "batch_parallel", False))
         return max(1, self.config.batch_size) if whole_batch else 1
 
     def _tile_side(self, h: int, w: int) -> int:
@@ -182,7 +186,7 @@ class Translator:
         h, w = x.shape[-2:]
         sh, sw = self._scaled_size(h, w)
         if not self.tileable and sh * sw > WHOLE_LIMIT * self.config.pixel_budget:
-            # Whole-image backends need ~1.8 GB per megapixel at ngf 64 (5.6 GB at 2048x1536).
+            # Whole-image backends need ~1 GB per megapixel at ngf 64 (int8 at 2048x1536: 3.1 GB peak).
             raise ValueError(f"{sw}x{sh} is too large to run whole with this model's backend; pass --size "
                              "(e.g. --size train) or use the model's .safetensors weights, which run in tiles")
         full = x
@@ -195,7 +199,7 @@ class Translator:
                 parts = [run_tiled(self.net, xi[None], tile=tile, overlap=c.overlap, multiple=self.stride,
                                    stats_size=c.stats_size) for xi in x]
             else:
-                parts = [run_padded(self.net, xi, self.stride) for xi in x.split(self._per_forward())]
+                parts = [run_padded(self.net, xi, self.stride) for xi in x.split(self._per_forward(sh * sw))]
             y = torch.cat(parts).float()
         if (sh, sw) != (h, w):
             if c.keep_detail:
