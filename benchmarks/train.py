@@ -154,15 +154,17 @@ def naive_step(folder: Path, ngf: int, plan: Plan) -> dict[str, Any]:
 
 
 # ----- imgtrans -----------------------------------------------------------------------------
-def imgtrans_step(folder: Path, ngf: int, plan: Plan, amp: str = "off", compiled: bool = False) -> dict[str, Any]:
+def imgtrans_step(folder: Path, ngf: int, plan: Plan, amp: str = "off", compiled: bool = False,
+                  branches: bool = True) -> dict[str, Any]:
     """imgtrans's Trainer.train_step as `imgtrans train cyclegan` runs it (data already in memory).
 
     `compiled`: every network wrapped in torch.compile (inductor) first, a candidate not shipped.
+    `branches`: False runs the A and B halves one after the other (each on all threads).
     """
     from imgtrans.train.runtime import init_runtime
     from imgtrans.train.trainer import Trainer, TrainConfig
 
-    cfg = TrainConfig(steps=1000, device="cpu", workers=0, amp=amp)
+    cfg = TrainConfig(steps=1000, device="cpu", workers=0, amp=amp, branches=branches)
     objective = cyclegan(folder, ngf, plan)
     if compiled:
         objective._nets = {name: torch.compile(net) for name, net in objective._nets.items()}
@@ -178,6 +180,7 @@ def imgtrans_step(folder: Path, ngf: int, plan: Plan, amp: str = "off", compiled
     if compiled:
         result["warmup_seconds"] = time.perf_counter() - t0 - result["seconds"]
     result["adam"] = "fused" if flags.get("fused") else "foreach" if flags.get("foreach") else "loop"
+    result["concurrent"] = trainer.concurrent
     return result
 
 
@@ -208,6 +211,8 @@ def run_one(case: str, workdir: Path, plan: Plan) -> dict[str, Any]:
         return naive_step(workdir, ngf, plan)
     if kind == "imgtrans":
         return imgtrans_step(workdir, ngf, plan)
+    if kind == "sequential":
+        return imgtrans_step(workdir, ngf, plan, branches=False)
     if kind == "bf16":
         return imgtrans_step(workdir, ngf, plan, amp="bf16")
     if kind == "compile":
@@ -228,7 +233,7 @@ def faster(old: CaseResult | None, new: CaseResult) -> CaseResult:
 def step_rows(ngf: int, plan: Plan, work: Path, extra: list[str], notes: list[str]) -> list[list[Any]]:
     res: dict[str, CaseResult] = {}
     for _ in range(plan.rounds):
-        for kind in ("naive", "imgtrans"):
+        for kind in ("naive", "imgtrans", "sequential"):
             res[kind] = faster(res.get(kind), run_case(SCRIPT, f"{kind}:{ngf}", work, extra))
     if plan.bf16_ngf == ngf:
         res["bf16"] = run_case(SCRIPT, f"bf16:{ngf}", work, extra)
@@ -238,7 +243,9 @@ def step_rows(ngf: int, plan: Plan, work: Path, extra: list[str], notes: list[st
                      f"{res['compile'].values['warmup_seconds']:.1f} s (less with a warm inductor cache)")
     base = res["naive"].values["steps"] / res["naive"].values["seconds"]
     labels = {"naive": "naive reference step (fp32, torch's default Adam: per-tensor loop on CPU)",
-              "imgtrans": f"imgtrans Trainer as shipped (fp32, Adam {res['imgtrans'].values['adam']})",
+              "imgtrans": f"imgtrans Trainer as shipped (fp32, Adam {res['imgtrans'].values['adam']}"
+                          + (", A and B halves concurrently)" if res["imgtrans"].values["concurrent"] else ")"),
+              "sequential": "imgtrans Trainer, halves one after the other (--set branches=false)",
               "bf16": "imgtrans Trainer, amp=bf16 (not used on CPU)",
               "compile": "imgtrans Trainer, torch.compile'd networks (not shipped)"}
     rows = []

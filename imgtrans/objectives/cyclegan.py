@@ -14,7 +14,7 @@ from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weigh
 from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.losses import l1
-from imgtrans.train.objective import Losses, ObjectiveBase, Phase
+from imgtrans.train.objective import Branch, Losses, ObjectiveBase, Phase
 from imgtrans.train.pool import ImagePool
 
 # Export names by direction; "G_A"/"G_B" are the reference project's names for the same nets.
@@ -98,35 +98,44 @@ class CycleGAN(ObjectiveBase):
         return two_domains(self.name, self.cfg.a, self.cfg.b, self.cfg.crop_spec(), self.seed)
 
     def loss(self, phase: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
-        return self._loss_g(batch) if phase == "G" else self._loss_d(batch)
+        parts = [branch() for branch in self._branches(phase, batch)]
+        terms: Losses = {}
+        for _, t in parts:
+            terms.update(t)
+        return sum(loss for loss, _ in parts), terms
 
-    def _loss_g(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
+    def branches(self, phase: str, batch: dict[str, torch.Tensor]) -> list[Branch]:
+        # Dropout draws from the global random stream, which concurrent branches would interleave.
+        return [] if self.cfg.dropout else self._branches(phase, batch)
+
+    def _branches(self, phase: str, batch: dict[str, torch.Tensor]) -> list[Branch]:
+        """The two mirror-image halves of a phase: one per source domain (G) or per judge (D)."""
+        if phase == "G":
+            return [lambda: self._cycle(batch, "A", "B"), lambda: self._cycle(batch, "B", "A")]
+        return [lambda: self._judge(batch, "A"), lambda: self._judge(batch, "B")]
+
+    def _cycle(self, batch: dict[str, torch.Tensor], src: str, dst: str) -> tuple[torch.Tensor, Losses]:
+        """src -> dst -> src: the forward generator's adversarial term, the cycle term, and the
+        backward generator's identity term on this source (it maps to src, so src must pass)."""
         c, n = self.cfg, self.nets
-        real_a, real_b = batch["A"], batch["B"]
-        fake_b, fake_a = n["G_AB"](real_a), n["G_BA"](real_b)
-        rec_a, rec_b = n["G_BA"](fake_b), n["G_AB"](fake_a)
+        forward, back = n[f"G_{src}{dst}"], n[f"G_{dst}{src}"]
+        real = batch[src]
+        fake = forward(real)
         terms: Losses = {
-            "G_AB": self.gan(n["D_B"](fake_b), True, for_d=False),
-            "G_BA": self.gan(n["D_A"](fake_a), True, for_d=False),
-            "cycle_A": l1(rec_a, real_a) * c.lambda_cycle,
-            "cycle_B": l1(rec_b, real_b) * c.lambda_cycle,
+            f"G_{src}{dst}": self.gan(n[f"D_{dst}"](fake), True, for_d=False),
+            f"cycle_{src}": l1(back(fake), real) * c.lambda_cycle,
         }
         if c.lambda_identity > 0:
-            w = c.lambda_cycle * c.lambda_identity
-            terms["idt_A"] = l1(n["G_BA"](real_a), real_a) * w
-            terms["idt_B"] = l1(n["G_AB"](real_b), real_b) * w
-        self._fakes = {"A": fake_a.detach().float(), "B": fake_b.detach().float()}
+            terms[f"idt_{src}"] = l1(back(real), real) * (c.lambda_cycle * c.lambda_identity)
+        self._fakes[dst] = fake.detach().float()
         total = sum(terms.values())
         return total, {k: v.detach() for k, v in terms.items()}
 
-    def _loss_d(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
-        terms: Losses = {}
-        for domain in ("A", "B"):
-            d = self.nets[f"D_{domain}"]
-            fake = self.pools[domain].query(self._fakes[domain])
-            terms[f"D_{domain}"] = 0.5 * (self.gan(d(batch[domain]), True) + self.gan(d(fake), False))
-        total = terms["D_A"] + terms["D_B"]
-        return total, {k: v.detach() for k, v in terms.items()}
+    def _judge(self, batch: dict[str, torch.Tensor], domain: str) -> tuple[torch.Tensor, Losses]:
+        d = self.nets[f"D_{domain}"]
+        fake = self.pools[domain].query(self._fakes[domain])
+        loss = 0.5 * (self.gan(d(batch[domain]), True) + self.gan(d(fake), False))
+        return loss, {f"D_{domain}": loss.detach()}
 
     def sample(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = self.nets

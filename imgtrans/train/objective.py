@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
@@ -27,6 +28,8 @@ class Phase:
 
 
 Losses = dict[str, torch.Tensor]
+# One independent part of a phase's loss: computes its (scalar loss, detached terms) when called.
+Branch = Callable[[], tuple[torch.Tensor, Losses]]
 
 
 @runtime_checkable
@@ -54,6 +57,14 @@ class Objective(Protocol):
 
     def loss(self, phase: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
         """The phase's scalar loss, plus detached named terms for logging."""
+
+    def branches(self, phase: str, batch: dict[str, torch.Tensor]) -> list[Branch]:
+        """The phase's loss as independent parts whose sum is loss(), or [] when it has none.
+
+        Parts must share no intermediate tensors (their graphs meet only at parameters) and draw
+        no random numbers; the trainer may run their forwards and backwards concurrently
+        (train/branches.py).
+        """
 
     def sample(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Images in [-1, 1] to show side by side in a sample grid (called under no_grad)."""
@@ -87,6 +98,9 @@ class ObjectiveBase:
 
     def bind(self, nets: dict[str, nn.Module]) -> None:
         self.nets = dict(nets)
+
+    def branches(self, phase: str, batch: dict[str, torch.Tensor]) -> list[Branch]:
+        return []
 
     def state_dict(self) -> dict[str, Any]:
         return {}

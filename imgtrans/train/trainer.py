@@ -17,6 +17,7 @@ from tqdm import tqdm
 
 from imgtrans.data.stream import StreamSampler
 from imgtrans.errors import UserError
+from imgtrans.train.branches import BranchRunner, threads_per_branch
 from imgtrans.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -55,6 +56,9 @@ class TrainConfig:
     workers: int = 2
     time_limit: float = 0.0  # minutes; checkpoint and stop cleanly after this long (0: no limit)
     ema: float = 0.0  # decay of a weight average of the generators, used for samples and exports; 0: off
+    # On CPU without DDP, run an objective's independent loss branches (CycleGAN: its A and B
+    # halves) in concurrent threads that split the cores (train/branches.py). Same results.
+    branches: bool = True
     name: str = ""
 
 
@@ -117,6 +121,15 @@ class Trainer:
         self._acc_n = 0
         self.last_losses: dict[str, float] = {}
         self.ema = self._weight_average()
+        # Concurrent branches help where one branch cannot fill the cores: CPU, one process.
+        self.concurrent = (cfg.branches and runtime.device.type == "cpu" and not runtime.distributed
+                           and torch.get_num_threads() > 1)
+        self._runners: dict[int, BranchRunner] = {}
+
+    def _runner(self, branches: int) -> BranchRunner:
+        if branches not in self._runners:
+            self._runners[branches] = BranchRunner(branches, threads_per_branch(torch.get_num_threads(), branches))
+        return self._runners[branches]
 
     def _weight_average(self) -> WeightAverage | None:
         if self.cfg.ema <= 0:
@@ -201,14 +214,20 @@ class Trainer:
             group["lr"] = phase.lr * factor
         self._set_trainable(phase.nets)
         opt.zero_grad(set_to_none=True)
-        frozen = [w for n, w in self.wrapped.items() if n not in phase.nets]
-        with frozen_sync(frozen), self.rt.autocast():
-            loss, terms = self.obj.loss(phase.name, batch)
-        finite = self.rt.all_true(bool(torch.isfinite(loss.detach())))
-        if finite or self.rt.distributed:
-            # Under DDP every rank must run backward once it ran forward, even on a NaN
-            # loss, or the gradient reducers of the next step would wait forever.
-            scaler.scale(loss).backward()
+        branches = self.obj.branches(phase.name, batch) if self.concurrent else []
+        if len(branches) > 1:
+            loss, terms = self._runner(len(branches)).run(branches, lambda part: scaler.scale(part).backward(),
+                                                          self.rt.autocast)
+            finite = bool(torch.isfinite(loss))
+        else:
+            frozen = [w for n, w in self.wrapped.items() if n not in phase.nets]
+            with frozen_sync(frozen), self.rt.autocast():
+                loss, terms = self.obj.loss(phase.name, batch)
+            finite = self.rt.all_true(bool(torch.isfinite(loss.detach())))
+            if finite or self.rt.distributed:
+                # Under DDP every rank must run backward once it ran forward, even on a NaN
+                # loss, or the gradient reducers of the next step would wait forever.
+                scaler.scale(loss).backward()
         if not finite:
             opt.zero_grad(set_to_none=True)
             return False
