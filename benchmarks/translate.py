@@ -386,10 +386,8 @@ def run_one(case: str, workdir: Path, plan: Plan) -> dict[str, Any]:
     if impl == "naive" and size in ("small", "large"):
         return naive_folder(model, workdir / size, workdir / f"out-naive-{size}")
     if impl in BACKENDS and size in ("small", "large"):
-        # ONNX models never tile, so the quick plan's low budget (there to exercise tiling) is not theirs.
-        budget = plan.pixel_budget if impl == "imgtrans" else 2_000_000
         return imgtrans_folder(workdir / "model" / BACKENDS[impl], workdir / size, workdir / f"out-{impl}-{size}",
-                               budget)
+                               plan.pixel_budget)
     if case == "tiles":
         return tile_sizes(model, plan.large_hw, plan.pixel_budget, plan.tile_rounds)
     if case == "means":

@@ -244,7 +244,8 @@ def run_tiled(
     if h <= tile and w <= tile:
         return run_padded(net, x, multiple)
 
-    stats = FrozenNormStats(net)
+    # A network without torch norm modules (an ONNX runner) brings its own way to share them.
+    stats = net.tile_stats() if hasattr(net, "tile_stats") else FrozenNormStats(net)
     with stats.record():
         run_padded(net, _downscale(x, stats_size), multiple)
 

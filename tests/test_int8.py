@@ -82,21 +82,34 @@ def test_int8_model_translates_close_to_float32_at_any_size(int8_model: Path, ne
         assert 30.0 < psnr(got, want) < float("inf")  # close, and really computed in int8
 
 
-def test_onnx_models_run_whole_images_instead_of_tiles(int8_model: Path) -> None:
-    loaded = load_generator(int8_model)
-    x = to_input(photo(72, 96, seed=3))
-    whole = Translator(loaded.net, device="cpu").run_tensor(x)
-    # This pixel budget would tile a torch model; tiles without shared statistics would seam.
-    budget = Translator(loaded.net, device="cpu", config=TranslateConfig(pixel_budget=72 * 96 // 2)).run_tensor(x)
-    assert torch.equal(whole, budget)
-    with pytest.raises(UserError, match="--tile 64"):
-        Translator(loaded.net, device="cpu", config=TranslateConfig(tile=64))
-    # Far beyond the budget it refuses (whole-image memory), naming the way out.
-    tiny = Translator(loaded.net, device="cpu", config=TranslateConfig(pixel_budget=32 * 32))
-    with pytest.raises(ValueError, match="--size"):
-        tiny.run_tensor(to_input(photo(72, 96, seed=3)))
-    assert Translator(loaded.net, device="cpu", config=TranslateConfig(pixel_budget=72 * 96 // 2)).run_tensor(x).shape == x.shape
-    assert to_rgb(whole).shape == (72, 96, 3)
+def test_onnx_models_tile_large_images_with_shared_statistics(tmp_path: Path, int8_model: Path,
+                                                                net: ResnetGenerator) -> None:
+    from imgtrans.export import export_onnx
+    from imgtrans.onnxrun import OnnxGenerator
+
+    x = to_input(photo(72, 100, seed=3))
+    tiled = TranslateConfig(tile=48, overlap=16, stats_size=40, precision="fp32")
+    # float32: the rewritten graphs compute what the torch modules do with frozen statistics.
+    fp32 = OnnxGenerator(export_onnx(net, tmp_path / "toy.onnx", {}))
+    got = Translator(fp32, device="cpu", config=tiled).run_tensor(x)
+    want = Translator(net, device="cpu", config=tiled).run_tensor(x)
+    assert set(fp32._variants) == {"record", "apply"}  # the tiles really ran through the variants
+    assert (got - want).abs().max() < 1e-4
+    # int8: the tiles agree with the whole image as closely as the torch path's tiles do.
+    q8 = OnnxGenerator(int8_model)
+    whole = Translator(q8, device="cpu").run_tensor(x)
+    tiles = Translator(q8, device="cpu", config=tiled).run_tensor(x)
+    torch_whole = Translator(net, device="cpu", config=TranslateConfig(precision="fp32")).run_tensor(x)
+    assert psnr(to_rgb(tiles), to_rgb(whole)) > psnr(to_rgb(want), to_rgb(torch_whole)) - 3
+    assert not torch.equal(tiles, whole)
+    # The pixel budget alone also sends large images to tiles (of 256 to 576 px).
+    big = to_input(photo(300, 700, seed=4))
+    budget = Translator(q8, device="cpu", config=TranslateConfig(pixel_budget=300 * 700 // 2)).run_tensor(big)
+    big_whole = Translator(q8, device="cpu").run_tensor(big)
+    assert budget.shape == big.shape and not torch.equal(budget, big_whole)
+    ref = [Translator(net, device="cpu", config=TranslateConfig(pixel_budget=p, precision="fp32")).run_tensor(big)
+           for p in (300 * 700 // 2, 300 * 700)]
+    assert psnr(to_rgb(budget), to_rgb(big_whole)) > psnr(to_rgb(ref[0]), to_rgb(ref[1])) - 3
 
 
 def test_translate_cli_runs_an_onnx_model_on_a_folder(tmp_path: Path, int8_model: Path,
@@ -107,15 +120,11 @@ def test_translate_cli_runs_an_onnx_model_on_a_folder(tmp_path: Path, int8_model
     Image.fromarray(photo(32, 40, seed=2)).save(src / "sub" / "b.png")
     assert run_cli(["translate", str(src), str(dst), "--weights", str(int8_model), "-q"]) == 0
     assert Image.open(dst / "a.jpg").size == (61, 45) and Image.open(dst / "sub" / "b.png").size == (40, 32)
-    assert run_cli(["translate", str(src), str(tmp_path / "o2"), "--weights", str(int8_model), "--tile", "64"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "--tile 64" in err and "--size" in err
-    # A photo too large to run whole fails on its own line; the others still convert.
-    Image.new("RGB", (2100, 2050), (90, 120, 60)).save(src / "huge.jpg")
-    assert run_cli(["translate", str(src), str(tmp_path / "o3"), "--weights", str(int8_model), "-q"]) == 1
-    failed = [ln for ln in capsys.readouterr().err.splitlines() if "failed:" in ln]
-    assert len(failed) == 1 and "huge.jpg" in failed[0] and "--size" in failed[0]
-    assert (tmp_path / "o3" / "a.jpg").is_file() and not (tmp_path / "o3" / "huge.jpg").exists()
+    # Tiles work as with torch weights.
+    Image.fromarray(photo(200, 290, seed=4)).save(src / "big.png")
+    assert run_cli(["translate", str(src), str(tmp_path / "o2"), "--weights", str(int8_model), "--tile", "144",
+                    "-q"]) == 0
+    assert Image.open(tmp_path / "o2" / "big.png").size == (290, 200)
 
 
 def test_int8_export_errors_are_one_line(tmp_path: Path, int8_model: Path, net: ResnetGenerator,
@@ -154,33 +163,8 @@ def test_a_batch_runs_concurrently_and_matches_one_by_one(int8_model: Path) -> N
     alone = torch.cat([OnnxGenerator(int8_model, threads=1)(xi[None]) for xi in x])
     assert together.shape == x.shape and torch.allclose(together, alone, atol=1e-5)
     assert not torch.allclose(together[0], together[1])  # each image got its own output
-
-
-class _BatchRecorder(torch.nn.Module):
-    """A whole-image, batch-parallel backend stand-in that records the batch sizes it is given."""
-
-    tileable = False
-    batch_parallel = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.batches: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.batches.append(len(x))
-        return x
-
-
-def test_batch_parallel_backends_get_small_images_together_and_large_ones_one_by_one() -> None:
-    x = torch.stack([to_input(photo(40, 48, seed=s))[0] for s in range(3)])
-    small = _BatchRecorder()
-    Translator(small, device="cpu", config=TranslateConfig(batch_size=4)).run_tensor(x)
-    assert small.batches == [3]
-    # Over the pixel budget (but under the whole-image limit) images run one at a time, so
-    # concurrent runs do not add up the memory of large images.
-    large = _BatchRecorder()
-    Translator(large, device="cpu", config=TranslateConfig(batch_size=4, pixel_budget=40 * 48 - 1)).run_tensor(x)
-    assert large.batches == [1, 1, 1]
+    translator = Translator(gen, device="cpu", config=TranslateConfig(batch_size=4))
+    assert translator._per_forward() == 4  # the Translator hands the backend whole batches
 
 
 def test_calibration_takes_every_photo_up_to_the_limit_spread_evenly(tmp_path: Path) -> None:

@@ -43,10 +43,6 @@ class TranslateConfig:
     keep_detail: bool = False  # with `size`: add the network's edit to the full-resolution photo
 
 
-# Backends that cannot tile (ONNX) run photos whole up to this many times `pixel_budget`.
-WHOLE_LIMIT = 2
-
-
 def to_input(rgb: np.ndarray) -> torch.Tensor:
     """HxWx3 uint8 -> 1x3xHxW float in [-1, 1]."""
     # np.require copies only read-only or strided arrays (e.g. np.asarray of a PIL image).
@@ -120,11 +116,6 @@ class Translator:
             self.net = self.net.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
         self.stride = int(getattr(net, "stride", 4))
-        # Tiles share instance-norm statistics through the torch modules; other backends run whole.
-        self.tileable = bool(getattr(net, "tileable", True))
-        if self.config.tile > 0 and not self.tileable:
-            raise UserError(f"--tile {self.config.tile}: this model's backend runs whole images only; "
-                            "leave --tile out (use --size for large photos)")
 
     # ----- core ---------------------------------------------------------------------------
     def _scaled_size(self, h: int, w: int) -> tuple[int, int]:
@@ -144,15 +135,11 @@ class Translator:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.dtype)
 
-    def _per_forward(self, pixels: int) -> int:
+    def _per_forward(self) -> int:
         # On CPU one image per forward is faster than a batch (ResNet-9 at 256 px: 4 images in
         # one pass cost ~16% more per image, the activations fall out of cache); GPUs want batches,
-        # and so does a backend that runs a batch's images concurrently (OnnxGenerator) - but only
-        # small ones: concurrent whole images over the pixel budget add up their memory (int8 at
-        # 2048x1536: 2.2 GB alone, 5.6 GB two at a time), and one large image keeps every thread
-        # busy by itself.
-        small = pixels <= self.config.pixel_budget
-        whole_batch = self.device.type != "cpu" or (small and getattr(self.net, "batch_parallel", False))
+        # and so does a backend that runs a batch's images concurrently (OnnxGenerator).
+        whole_batch = self.device.type != "cpu" or getattr(self.net, "batch_parallel", False)
         return max(1, self.config.batch_size) if whole_batch else 1
 
     def _tile_side(self, h: int, w: int) -> int:
@@ -185,21 +172,17 @@ class Translator:
             x = x.contiguous(memory_format=torch.channels_last)
         h, w = x.shape[-2:]
         sh, sw = self._scaled_size(h, w)
-        if not self.tileable and sh * sw > WHOLE_LIMIT * self.config.pixel_budget:
-            # Whole-image backends need ~1 GB per megapixel at ngf 64 (int8 at 2048x1536: 3.1 GB peak).
-            raise ValueError(f"{sw}x{sh} is too large to run whole with this model's backend; pass --size "
-                             "(e.g. --size train) or use the model's .safetensors weights, which run in tiles")
         full = x
         if (sh, sw) != (h, w):
             x = F.interpolate(x, size=(sh, sw), mode="bicubic", align_corners=False, antialias=True)
         c = self.config
         with self._autocast():
-            if self.tileable and (c.tile > 0 or needs_tiling(sh, sw, c.pixel_budget)):
+            if c.tile > 0 or needs_tiling(sh, sw, c.pixel_budget):
                 tile = self._tile_side(sh, sw)
                 parts = [run_tiled(self.net, xi[None], tile=tile, overlap=c.overlap, multiple=self.stride,
                                    stats_size=c.stats_size) for xi in x]
             else:
-                parts = [run_padded(self.net, xi, self.stride) for xi in x.split(self._per_forward(sh * sw))]
+                parts = [run_padded(self.net, xi, self.stride) for xi in x.split(self._per_forward())]
             y = torch.cat(parts).float()
         if (sh, sw) != (h, w):
             if c.keep_detail:
