@@ -261,6 +261,19 @@ def test_cli_needs_exactly_one_model_source(weights_file: Path, tmp_path: Path,
     assert code == 2 and "no-such-model" in err and len(err.strip().splitlines()) == 1
 
 
+def test_cli_refuses_a_tile_no_larger_than_its_overlap_before_any_file(weights_file: Path, tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        Image.fromarray(photo(40, 48, seed=i)).save(src / f"p{i}.png")
+    code = run_cli(["translate", str(src), str(tmp_path / "o"), "--weights", str(weights_file), "--tile", "32"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "--tile 32" in err and "--tile 68 or more" in err  # overlap 64 + the stride of 4
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_size_train_uses_metadata(weights_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     Image.fromarray(photo(64, 80)).save(tmp_path / "a.png")
     code = run_cli(["translate", str(tmp_path / "a.png"), str(tmp_path / "o"), "--weights", str(weights_file),

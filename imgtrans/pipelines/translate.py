@@ -116,6 +116,12 @@ class Translator:
             self.net = self.net.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True
         self.stride = int(getattr(net, "stride", 4))
+        c = self.config
+        if 0 < c.tile < c.overlap + self.stride:
+            # Checked here, once: per photo it would fail every file of a folder run the same way.
+            least = -(-(c.overlap + self.stride) // self.stride) * self.stride
+            raise UserError(f"--tile {c.tile}: tiles must be larger than their {c.overlap} px overlap; "
+                            f"use --tile {least} or more, or 0 for automatic")
 
     # ----- core ---------------------------------------------------------------------------
     def _scaled_size(self, h: int, w: int) -> tuple[int, int]:
