@@ -14,7 +14,7 @@ from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weigh
 from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.losses import l1
-from imgtrans.train.objective import Branch, Losses, ObjectiveBase, Phase
+from imgtrans.train.objective import Branch, Losses, ObjectiveBase, Phase, combine
 from imgtrans.train.pool import ImagePool
 
 # Export names by direction; "G_A"/"G_B" are the reference project's names for the same nets.
@@ -98,11 +98,7 @@ class CycleGAN(ObjectiveBase):
         return two_domains(self.name, self.cfg.a, self.cfg.b, self.cfg.crop_spec(), self.seed)
 
     def loss(self, phase: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
-        parts = [branch() for branch in self._branches(phase, batch)]
-        terms: Losses = {}
-        for _, t in parts:
-            terms.update(t)
-        return sum(loss for loss, _ in parts), terms
+        return combine([branch() for branch in self._branches(phase, batch)])
 
     def branches(self, phase: str, batch: dict[str, torch.Tensor]) -> list[Branch]:
         # Dropout draws from the global random stream, which concurrent branches would interleave.

@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-from imgtrans.train.objective import Branch, Losses
+from imgtrans.train.objective import Branch, Losses, combine
 
 Backward = Callable[[torch.Tensor], None]
 ContextFactory = Callable[[], contextlib.AbstractContextManager]
@@ -67,14 +67,9 @@ class BranchRunner:
             with context():
                 loss, terms = branch()
             backward(loss)
-            return loss.detach(), terms
+            return loss.detach().float(), terms
 
-        results = [f.result() for f in [self.pool.submit(one, b) for b in branches]]
-        total = torch.stack([loss.float() for loss, _ in results]).sum()
-        terms: Losses = {}
-        for _, t in results:
-            terms.update(t)
-        return total, terms
+        return combine([f.result() for f in [self.pool.submit(one, b) for b in branches]])
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)

@@ -32,6 +32,14 @@ Losses = dict[str, torch.Tensor]
 Branch = Callable[[], tuple[torch.Tensor, Losses]]
 
 
+def combine(parts: list[tuple[torch.Tensor, Losses]]) -> tuple[torch.Tensor, Losses]:
+    """The sum of branches' losses and all their named terms, as one phase's loss()."""
+    terms: Losses = {}
+    for _, named in parts:
+        terms.update(named)
+    return torch.stack([loss for loss, _ in parts]).sum(), terms
+
+
 @runtime_checkable
 class Objective(Protocol):
     """What a model implements to be trained by `imgtrans.train.trainer.Trainer`.
