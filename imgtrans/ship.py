@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from imgtrans.errors import UserError
 from imgtrans.io import list_images, read_rgb
-from imgtrans.nn import ResnetGenerator
-from imgtrans.nn.generators import ResnetArch
+from imgtrans.registry import objective_class
 from imgtrans.train.checkpoint import load_export, save_export
 from imgtrans.weights import check_name, read_manifest, repo_weights_dir, sha256_file, write_manifest
 
 # fp16 storage is kept only when no output pixel moves by a full 8-bit level.
 FP16_MAX_DIFF = 1 / 255
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "photos"
-TASKS = {"cyclegan": "translate", "cut": "translate", "eyes": "eye-inpainting"}
+# Generators only: their outputs are images, where "a full 8-bit level" is the natural bound.
+TASKS = {"cyclegan": "translate", "cut": "translate", "eyes": "eye-inpainting", "dcgan": "face-generation"}
+PROBE_LATENTS = 256  # DCGAN faces drawn to probe fp16 storage (seeds 0..255)
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,12 @@ def _photos(size: int) -> list[torch.Tensor]:
 
 def probe_inputs(meta: dict[str, Any], size: int) -> list[torch.Tensor]:
     """Realistic inputs for the generator the metadata describes (photos; for the in-painter, faces
-    with their eye boxes masked and another photo as the exemplar)."""
+    with their eye boxes masked and another photo as the exemplar; for a DCGAN, seeded latents)."""
+    if meta.get("objective") == "dcgan":
+        from imgtrans.pipelines.latent import latents
+
+        z = latents(list(range(PROBE_LATENTS)), int(meta["arch"]["nz"]))
+        return list(z.split(64))
     photos = _photos(size)
     if meta.get("objective") != "eyes":
         return photos
@@ -67,11 +74,12 @@ def probe_inputs(meta: dict[str, Any], size: int) -> list[torch.Tensor]:
 
 
 @torch.inference_mode()
-def fp16_difference(state: dict[str, torch.Tensor], arch: ResnetArch, inputs: list[torch.Tensor]) -> float:
-    """Largest output change, on the [0, 1] scale, from rounding the weights to fp16."""
+def fp16_difference(state: dict[str, torch.Tensor], build: Callable[[], nn.Module],
+                    inputs: list[torch.Tensor]) -> float:
+    """Largest output change, on the [0, 1] scale of a [-1, 1] generator, from rounding the weights to fp16."""
     nets = []
     for half in (False, True):
-        net = ResnetGenerator(arch)
+        net = build()
         net.load_state_dict({k: (v.half() if half and v.is_floating_point() else v).float() for k, v in state.items()})
         nets.append(net.eval())
     return max(float((nets[0](x) - nets[1](x)).abs().max()) / 2 for x in inputs)
@@ -84,11 +92,11 @@ def ship(req: ShipRequest) -> dict[str, Any]:
     if "arch" not in meta or meta.get("objective") not in TASKS:
         raise UserError(f"{req.export}: not an exported imgtrans generator ({', '.join(TASKS)}); "
                         "pass a run's export/*.safetensors")
-    arch = ResnetArch(**meta["arch"])
+    objective = objective_class(meta["objective"])
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     storage, diff = "fp32", None
     if req.fp16:
-        diff = fp16_difference(state, arch, probe_inputs(meta, req.probe_size))
+        diff = fp16_difference(state, lambda: objective.build_inference(meta), probe_inputs(meta, req.probe_size))
         if diff < FP16_MAX_DIFF:
             storage = "fp16"
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}

@@ -70,8 +70,9 @@ def test_fp16_kept_only_below_the_bound(tmp_path: Path, dirs: Path, monkeypatch:
     path, net = export(tmp_path)
     state = {k: v.half().float() for k, v in net.state_dict().items()}
     inputs = ship_mod.probe_inputs({"objective": "cyclegan"}, 32)
-    assert ship_mod.fp16_difference(state, net.arch, inputs) == 0.0  # already fp16-exact
-    assert ship_mod.fp16_difference(net.state_dict(), net.arch, inputs) > 0.0
+    build = lambda: ResnetGenerator(net.arch)  # noqa: E731
+    assert ship_mod.fp16_difference(state, build, inputs) == 0.0  # already fp16-exact
+    assert ship_mod.fp16_difference(net.state_dict(), build, inputs) > 0.0
     monkeypatch.setattr(ship_mod, "FP16_MAX_DIFF", 0.0)
     entry = ship_mod.ship(ship_mod.ShipRequest(export=path, name="strict", folder=dirs, probe_size=32))
     assert entry["storage"] == "fp32"
@@ -87,6 +88,30 @@ def test_ship_inpainter_probes_masked_faces(tmp_path: Path, dirs: Path) -> None:
     assert entry["task"] == "eye-inpainting" and "direction" not in entry and entry["data"] == "x"
     assert entry["train_size"] == 64  # the in-painter's aligned face size
     assert load_inpainter("eyes").meta["name"] == "eyes"
+
+
+def test_ship_face_model_probes_latents_and_keeps_its_directions(tmp_path: Path, dirs: Path) -> None:
+    from imgtrans.objectives.dcgan import DCGANArch, Generator
+    from imgtrans.pipelines.latent import latents, load_face_model
+
+    torch.manual_seed(0)
+    arch = DCGANArch(nz=16, ngf=8, ndf=8, size=16)
+    net = Generator(arch, track_stats=True)
+    init_weights(net, 0.02)
+    unit = (torch.ones(16) / 4).tolist()
+    meta = {"objective": "dcgan", "network": "dcgan_generator", "arch": arch.to_dict(), "train_size": 16,
+            "steps": 3, "directions": {"male": unit}}
+    path = save_export(tmp_path / "run" / "export", "faces", net.state_dict(), meta)
+    inputs = ship_mod.probe_inputs(meta, 32)
+    assert sum(len(z) for z in inputs) == ship_mod.PROBE_LATENTS and inputs[0].shape[1] == 16
+    entry = ship_mod.ship(ship_mod.ShipRequest(export=path, name="tinyfaces", folder=dirs))
+    assert entry["task"] == "face-generation" and entry["storage"] == "fp16" and entry["train_size"] == 16
+    assert 0 < entry["fp16_max_diff"] < ship_mod.FP16_MAX_DIFF
+    model = load_face_model("tinyfaces")
+    assert torch.equal(model.directions["male"], torch.tensor(unit))  # metadata, not rounded to fp16
+    z = latents([1, 2], 16)
+    with torch.no_grad():
+        assert float((model.generate(z) - net.eval()(z)).abs().max()) / 2 < ship_mod.FP16_MAX_DIFF
 
 
 def test_ship_refuses_what_it_cannot_ship(tmp_path: Path, dirs: Path) -> None:
