@@ -72,18 +72,27 @@ def read_rgb(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     return base
 
 
+# Why a file cannot be used, each with what the user can do about it (printed after the path).
+EMPTY = "empty file; copy it again from its source, or remove it"
+NOT_AN_IMAGE = "not an image PIL can read; convert it to JPEG or PNG, or move it out of the folder"
+
+
+def _unreadable(e: BaseException) -> str:
+    return f"unreadable ({e}); re-save it with an image editor, or remove it"
+
+
 def probe(path: str | Path) -> str | None:
     """Cheap header check: None if the file looks like a readable image, else the reason."""
     p = Path(path)
     try:
         if p.stat().st_size == 0:
-            return "empty file"
+            return EMPTY
         with Image.open(p) as img:
             img.verify()
     except UnidentifiedImageError:
-        return "not an image PIL can read"
+        return NOT_AN_IMAGE
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        return f"unreadable ({e})"
+        return _unreadable(e)
     return None
 
 
@@ -124,12 +133,13 @@ def read_photo(path: str | Path, max_pixels: int = MAX_PIXELS) -> Photo:
     p = Path(path)
     try:
         if p.stat().st_size == 0:
-            raise ImageReadError("empty file")
+            raise ImageReadError(EMPTY)
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(p) as img:
                 if img.width * img.height > max_pixels:
-                    raise ImageReadError(f"{img.width}x{img.height} is over the limit of {max_pixels:,} pixels")
+                    raise ImageReadError(f"{img.width}x{img.height} is over the limit of {max_pixels:,} pixels; "
+                                         "downscale it first")
                 img.load()
                 icc = img.info.get("icc_profile") if img.mode in ("RGB", "RGBA", "P") else None
                 upright = ImageOps.exif_transpose(img)
@@ -139,11 +149,11 @@ def read_photo(path: str | Path, max_pixels: int = MAX_PIXELS) -> Photo:
     except ImageReadError:
         raise
     except UnidentifiedImageError:
-        raise ImageReadError("not an image PIL can read") from None
+        raise ImageReadError(NOT_AN_IMAGE) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageReadError(f"too many pixels ({e})") from None
+        raise ImageReadError(f"too many pixels ({e}); downscale it first") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise ImageReadError(f"unreadable ({e})") from None
+        raise ImageReadError(_unreadable(e)) from None
 
 
 def _split(img: Image.Image, exif: bytes | None, icc: bytes | None) -> Photo:

@@ -15,13 +15,13 @@ from imgtrans.errors import UserError
 from imgtrans.io import list_images, read_rgb
 from imgtrans.registry import objective_class
 from imgtrans.train.checkpoint import load_export, save_export
-from imgtrans.weights import check_name, read_manifest, repo_weights_dir, sha256_file, write_manifest
+from imgtrans.weights import TRANSLATION_OBJECTIVES, check_name, read_manifest, repo_weights_dir, sha256_file, write_manifest
 
 # fp16 storage is kept only when no output pixel moves by a full 8-bit level.
 FP16_MAX_DIFF = 1 / 255
 SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "photos"
 # Generators only: their outputs are images, where "a full 8-bit level" is the natural bound.
-TASKS = {"cyclegan": "translate", "cut": "translate", "eyes": "eye-inpainting", "dcgan": "face-generation"}
+TASKS = {**dict.fromkeys(TRANSLATION_OBJECTIVES, "translate"), "eyes": "eye-inpainting", "dcgan": "face-generation"}
 PROBE_LATENTS = 256  # DCGAN faces drawn to probe fp16 storage (seeds 0..255)
 
 

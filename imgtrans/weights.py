@@ -24,6 +24,7 @@ from imgtrans.train.ema import averaged_state
 MANIFEST = "manifest.json"
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".onnx")
+TRANSLATION_OBJECTIVES = ("cyclegan", "cut")  # objectives whose exports `translate` runs
 ACCEPTED = ("a model name, a .safetensors export, a training run folder, a checkpoint .pt, an official .pth "
             "or an `imgtrans export` .onnx")
 
@@ -177,6 +178,10 @@ def _build(state: Mapping[str, Tensor], meta: dict[str, Any], source: str) -> Lo
 
 def _from_export(path: Path, direction: str | None) -> LoadedGenerator:
     state, meta = load_export(path)
+    objective = meta.get("objective")
+    if objective is not None and objective not in TRANSLATION_OBJECTIVES:
+        raise UserError(f"{path}: {objective} weights, not a translation generator; pass a translation model "
+                        f"({', '.join(translation_names()) or 'see `imgtrans weights list`'})")
     if "arch" not in meta:
         # A bare safetensors file with the official key layout: infer like a .pth.
         state, arch = legacy.state_from_object(state, path)
@@ -341,7 +346,21 @@ def load_checked_export(path: Path, objective: str, build: Callable[[dict[str, A
     return net.float().eval(), meta
 
 
+def translation_names() -> list[str]:
+    """Names of the installed translation models (what `translate -m` accepts)."""
+    return sorted({m["name"] for m in list_models() if m.get("task") == "translate"})
+
+
 def _load_name(name: str, direction: str | None) -> LoadedGenerator:
+    names = ", ".join(translation_names())
+    try:
+        task = model_info(name).get("task", "translate")
+    except UserError:
+        if not names:
+            raise
+        raise UserError(f"unknown model {name!r}; translation models: {names} (or pass a weights file path)") from None
+    if task != "translate":
+        raise UserError(f"{name!r} is not a translation model (task: {task}); translation models: {names or 'none'}")
     path, entry = verified_file(name)
     loaded = _load_path(path, direction or entry.get("direction"))
     meta = {**loaded.meta, "name": name}

@@ -289,10 +289,31 @@ def test_unknown_name_lists_available_or_explains(dirs: tuple[Path, Path]) -> No
     g = tiny(13)
     add_to_manifest(weights, "monet2photo", save_export(weights, "monet2photo", g.state_dict(),
                                                         cyclegan_meta(g, "AtoB")))
-    with pytest.raises(UserError, match="available: monet2photo"):
+    with pytest.raises(UserError, match="translation models: monet2photo"):
         load_generator("horse2zebra")
     with pytest.raises(UserError, match="file not found"):
         load_generator("missing/file.pth")
+
+
+def test_models_of_other_tasks_are_refused_by_name_and_by_file(dirs: tuple[Path, Path]) -> None:
+    """An in-painter has the translation network's layout (8 input channels): it must be refused up
+    front, not fail on every photo of a folder."""
+    weights, _ = dirs
+    g, eyes = tiny(14), tiny(15, in_channels=8)
+    add_to_manifest(weights, "monet2photo", save_export(weights, "monet2photo", g.state_dict(),
+                                                        cyclegan_meta(g, "AtoB")))
+    file = save_export(weights, "eyes", eyes.state_dict(), {"objective": "eyes", "arch": eyes.arch.to_dict()})
+    path = weights / "manifest.json"
+    models = json.loads(path.read_text())["models"]
+    models.append({"name": "eyes", "task": "eye-inpainting", "file": file.name, "sha256": sha256_file(file)})
+    path.write_text(json.dumps({"models": models}))
+    with pytest.raises(UserError, match=r"'eyes' is not a translation model \(task: eye-inpainting\); "
+                                        "translation models: monet2photo"):
+        load_generator("eyes")
+    with pytest.raises(UserError, match="eyes weights, not a translation generator") as err:
+        load_generator(file)
+    assert str(file) in str(err.value) and "monet2photo" in str(err.value)
+    assert load_generator("monet2photo").meta["name"] == "monet2photo"
 
 
 def test_precedence_path_then_weights_then_home(tmp_path: Path, dirs: tuple[Path, Path],
