@@ -245,3 +245,20 @@ def test_models_take_the_same_device_names_as_the_cli() -> None:
     assert Inpainter(net, {}, device="cpu").device == torch.device("cpu")
     with pytest.raises(UserError, match="not a device"):
         Inpainter(net, {}, device="gpu0")
+
+
+def test_unusable_reference_is_refused_before_any_photo(tmp_path: Path) -> None:
+    from imgtrans.errors import UserError
+
+    src = tmp_path / "in"
+    src.mkdir()
+    Image.fromarray(textured(200, 300, 1)).save(src / "a.png")
+    (tmp_path / "refs").mkdir()
+    (tmp_path / "bad.jpg").write_bytes(b"")
+    opener = make_opener([face_at(150, 100, 40)], [(0.1, 0.1)])
+    with pytest.raises(UserError, match="no photos in this --reference folder"):
+        opener.open_folder(src, tmp_path / "out", reference=tmp_path / "refs")
+    with pytest.raises(UserError) as err:
+        opener.open_folder(src, tmp_path / "out", reference=tmp_path / "bad.jpg")
+    assert str(err.value).startswith(f"{tmp_path / 'bad.jpg'}: empty file") and "--reference" in str(err.value)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -158,7 +158,12 @@ class EyeOpener:
 def _read_references(reference: str | Path) -> list[np.ndarray]:
     path = Path(reference)
     files = [path] if path.is_file() else list_images(path)
-    try:
-        return [read_photo(f).rgb for f in files]
-    except ImageReadError as e:
-        raise UserError(f"--reference: cannot read {e}; pass a readable photo or folder") from None
+    if not files:
+        raise UserError(f"{path}: no photos in this --reference folder; pass open-eye photos of the same people")
+    out = []
+    for f in files:
+        try:
+            out.append(read_photo(f).rgb)
+        except ImageReadError as e:
+            raise UserError(f"{f}: {e} (a --reference photo)") from None
+    return out
