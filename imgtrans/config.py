@@ -6,7 +6,7 @@ import dataclasses
 import json
 import typing
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from imgtrans.errors import UserError
 
@@ -59,6 +59,43 @@ def coerce(value: Any, typ: Any, key: str) -> Any:
     return value
 
 
+# Allowed ranges of settings by name, checked whenever a config file or `--set` gives one. A name
+# means the same in every section that has it (ngf is a width in CycleGAN, CUT and the in-painter),
+# so one table serves them all; values outside it would fail later inside torch with a traceback.
+Rule = tuple[Callable[[float], bool], str]  # (accepts the value, what is allowed)
+
+
+def _at_least(low: float) -> Rule:
+    return (lambda v: v >= low), f"at least {low:g}"
+
+
+_POSITIVE: Rule = ((lambda v: v > 0), "above 0")
+_FRACTION: Rule = ((lambda v: 0 <= v <= 1), "between 0 and 1")
+_BELOW_1: Rule = ((lambda v: 0 <= v < 1), "at least 0 and below 1")
+RANGES: dict[str, Rule] = {
+    **dict.fromkeys(("ngf", "ndf", "local_ndf", "n_layers_d", "nz", "width", "f_width", "num_patches",
+                     "batch_size", "bn_calibration", "sample_grid"), _at_least(1)),
+    **dict.fromkeys(("n_blocks", "load_size", "steps", "epochs", "workers", "pool_size", "log_every",
+                     "sample_every", "checkpoint_every", "keep_checkpoints", "sample_count", "max_nonfinite",
+                     "time_limit", "grad_clip", "init_gain", "pos_weight", "center_jitter", "size_jitter"),
+                    _at_least(0)),
+    **dict.fromkeys(("decay_start", "rare_share", "closed_share", "min_scale"), _FRACTION),
+    **dict.fromkeys(("beta1", "beta2", "val_fraction"), _BELOW_1),
+    **dict.fromkeys(("crop_size", "size"), _at_least(8)),
+    "lr": _POSITIVE,
+}
+
+
+def check_range(key: str, name: str, value: Any) -> None:
+    """Refuse a numeric setting outside its range, in one line naming it and what is allowed."""
+    rule = _at_least(0) if name.startswith("lambda_") else RANGES.get(name)  # loss weights
+    if rule is None or not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    accepts, allowed = rule
+    if not accepts(value):
+        raise UserError(f"{key}={value:g}: must be {allowed}")
+
+
 def parse_sets(items: list[str]) -> dict[str, str]:
     """Parse repeated `--set key=value` options."""
     out: dict[str, str] = {}
@@ -100,6 +137,7 @@ def merge(sections: Sections, values: Mapping[str, Any]) -> Sections:
         section, name = _locate(sections, key)
         typ = _hints(type(sections[section]))[name]
         changes.setdefault(section, {})[name] = coerce(value, typ, key)
+        check_range(key, name, changes[section][name])
     return {s: dataclasses.replace(inst, **changes.get(s, {})) for s, inst in sections.items()}
 
 

@@ -22,13 +22,13 @@ def real_sections() -> dict:
 
 @dataclass(frozen=True)
 class Alpha:
-    size: int = 1
+    depth: int = 1
     only_alpha: str = "a"
 
 
 @dataclass(frozen=True)
 class Beta:
-    size: int = 2
+    depth: int = 2
     ratio: float = 0.5
 
 
@@ -191,13 +191,13 @@ def test_merge_bad_value_names_key(key, value) -> None:
 def test_merge_ambiguous_key() -> None:
     sections = {"alpha": Alpha(), "beta": Beta()}
     with pytest.raises(UserError, match="ambiguous") as ei:
-        merge(sections, {"size": "5"})
+        merge(sections, {"depth": "5"})
     msg = str(ei.value)
-    assert "alpha.size" in msg and "beta.size" in msg
-    out = merge(sections, {"alpha.size": "5", "ratio": "0.25", "only_alpha": "z"})
-    assert out == {"alpha": Alpha(size=5, only_alpha="z"), "beta": Beta(size=2, ratio=0.25)}
-    out = merge(sections, {"beta": {"size": 9}})
-    assert out["beta"].size == 9 and out["alpha"].size == 1
+    assert "alpha.depth" in msg and "beta.depth" in msg
+    out = merge(sections, {"alpha.depth": "5", "ratio": "0.25", "only_alpha": "z"})
+    assert out == {"alpha": Alpha(depth=5, only_alpha="z"), "beta": Beta(depth=2, ratio=0.25)}
+    out = merge(sections, {"beta": {"depth": 9}})
+    assert out["beta"].depth == 9 and out["alpha"].depth == 1
 
 
 def test_merge_nested_section_dicts() -> None:
@@ -301,3 +301,23 @@ def test_load_file_binary_is_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError) as ei:
         load_file(p)
     assert str(p) in str(ei.value)
+
+
+@pytest.mark.parametrize("key,value,allowed", [
+    ("ngf", "0", "at least 1"), ("model.n_blocks", "-1", "at least 0"), ("lr", "0", "above 0"),
+    ("beta2", "1", "at least 0 and below 1"), ("decay_start", "1.5", "between 0 and 1"), ("lambda_cycle", "-2", "at least 0"),
+    ("crop_size", "4", "at least 8"), ("batch_size", "0", "at least 1"),
+])
+def test_merge_refuses_values_out_of_range(key: str, value: str, allowed: str) -> None:
+    sections = {"train": TrainConfig(), "model": CycleGANConfig()}
+    with pytest.raises(UserError, match=f"^{key}={value}: must be {allowed}"):
+        merge(sections, {key: value})
+    with pytest.raises(UserError, match="must be"):  # config files pass through the same check
+        merge(sections, {key.split(".")[-1]: float(value)})
+
+
+def test_merge_accepts_range_edges() -> None:
+    edges = {"n_blocks": "0", "pool_size": "0", "decay_start": "1", "beta1": "0", "lambda_identity": "0",
+             "crop_size": "8", "lr": "1e-9", "keep_checkpoints": "0"}
+    merged = merge({"train": TrainConfig(), "model": CycleGANConfig()}, edges)
+    assert merged["model"].n_blocks == 0 and merged["train"].decay_start == 1.0 and merged["model"].lr == 1e-9

@@ -206,7 +206,8 @@ def test_cli_config_file_layers_under_set(domains: tuple[Path, Path], tmp_path: 
     assert (info["model"]["ngf"], info["model"]["n_blocks"], info["train"]["seed"]) == (20, 3, 7)
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "unknown_key", "bad_value", "no_b", "all_bad"])
+@pytest.mark.parametrize("case", ["missing", "empty", "unknown_key", "bad_value", "no_b", "all_bad", "negative_width",
+                                  "zero_lr", "crop_over_load", "unknown_norm"])
 def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Path], tmp_path: Path,
                                              capsys: pytest.CaptureFixture) -> None:
     a, b = domains
@@ -223,11 +224,18 @@ def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Pat
         "bad_value": ["--a", str(a), "--b", str(b), "--set", "ngf=many"],
         "no_b": ["--a", str(a)],
         "all_bad": ["--a", str(bad), "--b", str(b)],
+        "negative_width": ["--a", str(a), "--b", str(b), "--set", "ngf=-1"],
+        "zero_lr": ["--a", str(a), "--b", str(b), "--set", "lr=0"],
+        "crop_over_load": ["--a", str(a), "--b", str(b), "--set", "load_size=16", "--set", "crop_size=32"],
+        "unknown_norm": ["--a", str(a), "--b", str(b), "--set", "norm=foo"],
     }[case]
     p = in_process(["train", "cyclegan", *args, "--out", str(tmp_path / "runs"), "--dry-run"], capsys)
     expected = {"missing": "nope: folder not found", "empty": "no readable images",
                 "unknown_key": "unknown setting 'crop'", "bad_value": "cannot read 'many' as int",
-                "no_b": "pass --a FOLDER and --b FOLDER", "all_bad": "no readable images"}[case]
+                "no_b": "pass --a FOLDER and --b FOLDER", "all_bad": "no readable images",
+                "negative_width": "ngf=-1: must be at least 1", "zero_lr": "lr=0: must be above 0",
+                "crop_over_load": "crop_size 32 is larger than load_size 16; change it with --set",
+                "unknown_norm": "unknown norm 'foo'"}[case]
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]

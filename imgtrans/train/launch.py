@@ -73,8 +73,7 @@ def run(req: RunRequest) -> Path | None:
     rt = init_runtime(train.device, train.amp)
     try:
         seed_everything(train.seed, train.deterministic)  # same initial weights on every rank
-        objective = objective_class(req.objective)(sections["model"], seed=train.seed)
-        dataset = objective.dataset()
+        objective, dataset = _build(req.objective, sections["model"], train.seed)
         if req.dry_run:
             if rt.is_main:
                 print(_describe(req, sections, objective, dataset, rt))
@@ -101,6 +100,16 @@ def run(req: RunRequest) -> Path | None:
         return run_dir
     finally:
         rt.close()
+
+
+def _build(name: str, model_cfg: Any, seed: int) -> tuple[Any, Any]:
+    """The objective and its dataset; a combination of settings the networks or data cannot take
+    (norm=foo, load_size below crop_size) is the user's to fix, so it is said in one line."""
+    try:
+        objective = objective_class(name)(model_cfg, seed=seed)
+        return objective, objective.dataset()
+    except ValueError as e:
+        raise UserError(f"{name} settings: {str(e).splitlines()[0]}; change it with --set or --config") from None
 
 
 def _write_eval(run_dir: Path, objective: Any, quiet: bool) -> None:
