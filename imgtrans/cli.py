@@ -238,16 +238,19 @@ def open_eyes(input_path: str, output_path: str, reference: str | None, all_face
 @click.option("--calibrate-size", type=click.IntRange(min=16), help="onnx-int8: calibration side (default: training size)")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False),
               help="file to write, e.g. model.onnx")
+@click.option("--overwrite", is_flag=True, help="replace --out if it exists (default: refuse)")
 def export_model(model: str, direction: str | None, fmt: str, calibrate: str | None, calibrate_size: int | None,
-                 out_path: str) -> None:
+                 out_path: str, overwrite: bool) -> None:
     """Export a generator for other runtimes (ONNX: dynamic batch, height and width; checked
     against torch with onnxruntime). Inputs are N x 3 x H x W in [-1, 1], H and W multiples of 4.
     `imgtrans translate --weights FILE.onnx` runs the result with onnxruntime."""
     from imgtrans.export import export_checked, require_onnx
+    from imgtrans.io import refuse_existing
     from imgtrans.weights import load_generator, require_torch
 
     if fmt == "onnx-int8" and not calibrate:
         raise UserError("--format onnx-int8 needs --calibrate FOLDER: photos like the ones you will translate")
+    refuse_existing([Path(out_path)], overwrite)
     require_onnx()  # before loading anything, so a missing extra is the only message
     loaded = load_generator(model, direction)
     require_torch(loaded, "exported again")
@@ -454,8 +457,9 @@ _MODEL_HELP = "face model: name, dcgan run folder or export .safetensors"
 @click.option("--cols", type=click.IntRange(min=1), help="grid columns (default: a square grid)")
 @click.option("--upscale", type=click.IntRange(1, 8), default=1, show_default=True, help="enlarge pixels N times")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True, help="replace --out if it exists (default: refuse)")
 def faces_generate(model: str, count: int, seed: int, out_path: str, separate: bool, cols: int | None,
-                   upscale: int, device: str) -> None:
+                   upscale: int, device: str, overwrite: bool) -> None:
     """Faces from consecutive seeds, as one grid image or one file per face."""
     import math
 
@@ -463,13 +467,13 @@ def faces_generate(model: str, count: int, seed: int, out_path: str, separate: b
 
     if seed + count - 1 > latent.MAX_SEED:
         raise UserError(f"--seed {seed} -n {count}: the last seed would pass {latent.MAX_SEED}")
-    if not separate:
-        latent.check_image_path(out_path)  # before the model loads, so a typo fails fast
-    face_model = latent.load_face_model(model, device)
     seeds = list(range(seed, seed + count))
+    # Checked before the model loads, so a typo or an existing file fails fast.
+    files = latent.face_files(out_path, seeds, overwrite) if separate else latent.check_image_path(out_path, overwrite)
+    face_model = latent.load_face_model(model, device)
     images = face_model.faces(seeds)
-    if separate:
-        latent.write_faces(out_path, images, seeds, upscale)
+    if isinstance(files, list):
+        latent.write_faces(files, images, upscale)
     else:
         latent.write_image(out_path, latent.grid(images, cols or math.ceil(math.sqrt(count))), upscale)
     click.echo(f"{count} faces (seeds {seed}..{seeds[-1]}) from {face_model.source} -> {out_path}")
@@ -485,14 +489,15 @@ def faces_generate(model: str, count: int, seed: int, out_path: str, separate: b
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="strip image (.png, .jpg)")
 @click.option("--upscale", type=click.IntRange(1, 8), default=1, show_default=True, help="enlarge pixels N times")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True, help="replace --out if it exists (default: refuse)")
 def faces_interpolate(model: str, from_seed: int, to_seed: int, steps: int, mode: str, out_path: str, upscale: int,
-                      device: str) -> None:
+                      device: str, overwrite: bool) -> None:
     """A strip of faces morphing from one seed's face into another's; its ends are those faces."""
     import torch
 
     from imgtrans.pipelines import latent
 
-    latent.check_image_path(out_path)
+    latent.check_image_path(out_path, overwrite)
     face_model = latent.load_face_model(model, device)
     a, b = (latent.z_from_seed(s, face_model.nz) for s in (from_seed, to_seed))
     modes = ["lerp", "slerp"] if mode == "both" else [mode]
@@ -512,15 +517,16 @@ def faces_interpolate(model: str, from_seed: int, to_seed: int, steps: int, mode
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="image (.png, .jpg)")
 @click.option("--upscale", type=click.IntRange(1, 8), default=1, show_default=True, help="enlarge pixels N times")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--overwrite", is_flag=True, help="replace --out if it exists (default: refuse)")
 def faces_edit(model: str, seeds: tuple[int, ...], attributes: tuple[str, ...], steps: int, out_path: str,
-               upscale: int, device: str) -> None:
+               upscale: int, device: str, overwrite: bool) -> None:
     """Edit faces by latent arithmetic: z + sum of weight x attribute direction."""
     import torch
 
     from imgtrans.pipelines import latent
 
     weights = dict(latent.parse_attribute(a) for a in attributes)
-    latent.check_image_path(out_path)
+    latent.check_image_path(out_path, overwrite)
     face_model = latent.load_face_model(model, device)
     directions = face_model.directions
     latent.edit(torch.zeros(face_model.nz), weights, directions)  # names checked before any face is made

@@ -24,6 +24,14 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    """Outputs never replace a file silently: refuse (before anything is written) unless `overwrite`."""
+    taken = [p for p in paths if p.exists()]
+    if taken and not overwrite:
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise UserError(f"{taken[0]}{more}: already exists; pass --overwrite to replace it, or choose another --out")
+
+
 def atomic_write(path: Path, write: Callable[[str], object], fsync: bool = True) -> None:
     """Call `write(tmp_path)` then rename over `path`, so a crash never leaves a half file."""
     path.parent.mkdir(parents=True, exist_ok=True)

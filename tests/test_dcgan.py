@@ -281,11 +281,12 @@ def test_directions_from_classifiers_and_the_cli(trained: Path, tmp_path: Path, 
 
     assert np.abs(edited[:SIZE, :SIZE].astype(int) - to_uint8(original[0]).astype(int)).max() <= 1  # weight 0
 
+    fresh = tmp_path / "fresh.png"
     assert run_cli(["faces", "edit", "-m", str(out), "--seed", "1", "--attribute", "smile=1",
-                    "--out", str(strip)]) == 2
+                    "--out", str(fresh)]) == 2
     assert "unknown attribute 'smile'; this model has: age, eyes_open, male" in capsys.readouterr().err
     assert run_cli(["faces", "edit", "-m", str(trained), "--seed", "1", "--attribute", "male=1",
-                    "--out", str(strip)]) == 2
+                    "--out", str(fresh)]) == 2
     assert "no attribute directions" in capsys.readouterr().err
 
 
@@ -312,12 +313,27 @@ def test_cli_generate_interpolate_and_errors(trained: Path, tmp_path: Path, caps
     for row in (0, SIZE + 2):  # both paths end on the face of seed 10
         assert np.abs(pixels[row:row + SIZE, -SIZE:].astype(int) - expected).max() <= 1
 
+    # An existing --out is never replaced silently: the grid, one face of a --separate folder, the strip.
+    before = {p: p.read_bytes() for p in (grid, strip, folder / "seed-000011.png")}
     capsys.readouterr()
-    assert run_cli(["faces", "generate", "-m", str(trained), "--seed", "-1", "--out", str(grid)]) == 2
+    for args in (["generate", "-n", "2", "--seed", "1", "--out", str(grid)],
+                 ["generate", "-n", "2", "--seed", "11", "--separate", "--out", str(folder)],
+                 ["interpolate", "--from", "1", "--to", "2", "--out", str(strip)],
+                 ["edit", "--seed", "1", "--attribute", "male=1", "--out", str(strip)]):
+        assert run_cli(["faces", args[0], "-m", str(trained), *args[1:]]) == 2
+        assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert all(p.read_bytes() == data for p, data in before.items())
+    assert not (folder / "seed-000012.png").exists()  # refused before any face was written
+    assert run_cli(["faces", "generate", "-m", str(trained), "-n", "2", "--seed", "1", "--out", str(grid),
+                    "--overwrite"]) == 0
+    assert grid.read_bytes() != before[grid]
+
+    fresh = tmp_path / "fresh.png"
+    assert run_cli(["faces", "generate", "-m", str(trained), "--seed", "-1", "--out", str(fresh)]) == 2
     assert "-1" in capsys.readouterr().err
-    assert run_cli(["faces", "generate", "-m", str(tmp_path / "nope"), "--out", str(grid)]) == 2
+    assert run_cli(["faces", "generate", "-m", str(tmp_path / "nope"), "--out", str(fresh)]) == 2
     assert "file not found" in capsys.readouterr().err
-    assert run_cli(["faces", "generate", "-m", "no-such-model", "--out", str(grid)]) == 2
+    assert run_cli(["faces", "generate", "-m", "no-such-model", "--out", str(fresh)]) == 2
     assert "unknown model 'no-such-model'" in capsys.readouterr().err
     assert run_cli(["faces", "generate", "-m", str(trained), "--out", str(tmp_path / "grid.txt")]) == 2
     assert "name an image file" in capsys.readouterr().err

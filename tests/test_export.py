@@ -63,6 +63,18 @@ def test_onnx_export_matches_torch_at_any_batch_and_size(tmp_path: Path, weights
     assert meta["arch"] == net.arch.to_dict() and meta["direction"] == "AtoB"
 
 
+def test_export_never_replaces_a_file_unless_told(tmp_path: Path, weights_file: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'imgtrans[onnx]'")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("the user's own file")
+    assert run_cli(["export", "-m", str(weights_file), "--out", str(notes)]) == 2
+    assert f"{notes}: already exists; pass --overwrite" in capsys.readouterr().err
+    assert notes.read_text() == "the user's own file"
+    assert run_cli(["export", "-m", str(weights_file), "--out", str(notes), "--overwrite"]) == 0
+    assert notes.read_bytes()[:2] != b"th"  # replaced by the ONNX model
+
+
 def test_export_without_the_onnx_extra_names_it_in_one_line(tmp_path: Path, weights_file: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:

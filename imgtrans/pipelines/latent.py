@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from imgtrans.data.transforms import to_uint8
 from imgtrans.errors import UserError
-from imgtrans.io import Photo, format_for_ext, write_photo
+from imgtrans.io import Photo, format_for_ext, refuse_existing, write_photo
 from imgtrans.objectives.dcgan import (
     ATTRIBUTE_EXPORT,
     DCGAN,
@@ -304,10 +304,11 @@ def grid(images: torch.Tensor, cols: int, pad: int = 2) -> np.ndarray:
     return out
 
 
-def check_image_path(path: str | Path) -> Path:
+def check_image_path(path: str | Path, overwrite: bool = True) -> Path:
     p = Path(path)
     if p.suffix.lower() not in IMAGE_SUFFIXES:
         raise UserError(f"{p}: name an image file ({', '.join(IMAGE_SUFFIXES)})")
+    refuse_existing([p], overwrite)
     return p
 
 
@@ -320,12 +321,19 @@ def write_image(path: str | Path, rgb: np.ndarray, upscale: int = 1) -> Path:
     return p
 
 
-def write_faces(folder: str | Path, images: torch.Tensor, seeds: Sequence[int], upscale: int = 1) -> list[Path]:
-    """One PNG per face, named by its seed (seed-000042.png)."""
+def face_files(folder: str | Path, seeds: Sequence[int], overwrite: bool = False) -> list[Path]:
+    """The files --separate writes (seed-000042.png), checked before any face is made."""
     root = Path(folder)
     if root.exists() and not root.is_dir():
         raise UserError(f"{root}: not a folder; --separate writes one file per seed into a folder")
-    return [write_image(root / f"seed-{s:06d}.png", to_uint8(img), upscale) for img, s in zip(images, seeds)]
+    paths = [root / f"seed-{s:06d}.png" for s in seeds]
+    refuse_existing(paths, overwrite)
+    return paths
+
+
+def write_faces(paths: Sequence[Path], images: torch.Tensor, upscale: int = 1) -> list[Path]:
+    """One PNG per face, at the paths face_files() gave."""
+    return [write_image(p, to_uint8(img), upscale) for img, p in zip(images, paths)]
 
 
 # ----- the directions command --------------------------------------------------------------
