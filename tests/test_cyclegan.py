@@ -14,6 +14,7 @@ import torch
 
 from conftest import TINY, data_root
 from imgtrans.cli import run_cli
+from imgtrans.errors import UserError
 from imgtrans.objectives.cyclegan import DIRECTIONS, CycleGAN
 from imgtrans.train.checkpoint import latest_checkpoint, load_checkpoint, load_export
 from imgtrans.train.launch import RunRequest, run
@@ -143,6 +144,12 @@ def test_changed_settings_apply_on_resume(domains: tuple[Path, Path], tmp_path: 
     run_dir = run(request(a, b, tmp_path, **{"train.steps": 2}))
     run(RunRequest(objective="cyclegan", values={"train.steps": 4}, resume=str(run_dir), quiet=True))
     assert load_checkpoint(latest_checkpoint(run_dir))["step"] == 4
+
+
+def test_resume_of_a_folder_that_is_not_a_run_says_so(domains: tuple[Path, Path]) -> None:
+    a, _ = domains  # an image folder given to --resume by mistake
+    with pytest.raises(UserError, match=f"^{a}: not a training run folder \\(no config.json\\)"):
+        run(RunRequest(objective="cyclegan", values={}, resume=str(a), quiet=True))
 
 
 # ----- CLI --------------------------------------------------------------------------------

@@ -40,6 +40,9 @@ def resolve_sections(req: RunRequest) -> Sections:
     """defaults < resumed run's config.json < --config file < explicit values."""
     sections = default_sections(req.objective)
     if req.resume:
+        if not (Path(req.resume) / "config.json").is_file():
+            raise UserError(f"{req.resume}: not a training run folder (no config.json); pass the folder "
+                            "`imgtrans train` printed, e.g. runs/00000-horse2zebra")
         saved = load_file(Path(req.resume) / "config.json")
         if saved.get("objective", req.objective) != req.objective:
             raise UserError(f"{req.resume} is a {saved['objective']!r} run; resume it with "
