@@ -282,11 +282,13 @@ def weights_list() -> None:
     if not models:
         click.echo("no models installed yet; translate with --weights PATH or `imgtrans weights import`")
         return
-    click.echo(f"{'name':<18} {'direction':<9} {'size':>9}  {'train px':>8}  location")
+    w = max(len(m["name"]) for m in models)
+    t = max(len("task"), *(len(m.get("task", "")) for m in models))
+    click.echo(f"{'name':<{w}}  {'task':<{t}}  {'direction':<9} {'size':>9}  {'train px':>8}  location")
     for m in models:
         mb = f"{(m.get('size') or 0) / 1e6:.1f} MB" if m.get('size') is not None else "missing"
-        click.echo(f"{m['name']:<18} {m.get('direction', ''):<9} {mb:>9}  {m.get('train_size', ''):>8}  "
-                   f"{m.get('location', '')}")
+        click.echo(f"{m['name']:<{w}}  {m.get('task', ''):<{t}}  {m.get('direction', ''):<9} {mb:>9}  "
+                   f"{m.get('train_size', ''):>8}  {m.get('location', '')}")
 
 
 @weights.command("info")
