@@ -199,6 +199,9 @@ def test_evaluate_one_direction_with_train_reference(tiny_cyclegan: tuple[Path, 
     assert "BtoA: not evaluated" in table and "judge: none" in table and "FID/KID: skipped (not requested)" in table
     with pytest.raises(UserError, match="cannot evaluate BtoA"):
         evaluate_translation(export, a, b, directions=["BtoA"], device="cpu", fid=False)
+    with pytest.raises(UserError) as err:  # the same reason for both directions is said once
+        evaluate_translation(run_dir / "nope.safetensors", a, b, device="cpu", fid=False)
+    assert str(err.value).count("file not found") == 1 and "AtoB:" not in str(err.value)
 
 
 def test_contact_sheet_grid(tmp_path: Path) -> None:

@@ -60,7 +60,10 @@ def load_directions(model: str | Path, wanted: Sequence[str] | None) -> tuple[di
         raise UserError(f"unknown direction {unknown[0]!r}; choose from {', '.join(DIRECTIONS)}")
     absent = [d for d in asked if d not in found]
     if absent or not asked:
-        reasons = "; ".join(f"{d}: {missing[d]}" for d in (absent or list(DIRECTIONS)))
+        failed = absent or list(DIRECTIONS)
+        if len(failed) > 1 and len({missing[d] for d in failed}) == 1:  # e.g. an unknown name: said once
+            raise UserError(missing[failed[0]])
+        reasons = "; ".join(f"{d}: {missing[d]}" for d in failed)
         raise UserError(f"{model}: cannot evaluate {' and '.join(absent) or 'any direction'} ({reasons})")
     return found, missing
 
