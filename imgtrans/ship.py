@@ -15,7 +15,8 @@ from imgtrans.errors import UserError
 from imgtrans.io import list_images, read_rgb
 from imgtrans.registry import objective_class
 from imgtrans.train.checkpoint import load_export, save_export
-from imgtrans.weights import TRANSLATION_OBJECTIVES, check_name, read_manifest, repo_weights_dir, sha256_file, write_manifest
+from imgtrans.weights import (TRANSLATION_OBJECTIVES, check_name, read_manifest, repo_weights_dir, sha256_file,
+                              write_manifest)
 
 # fp16 storage is kept only when no output pixel moves by a full 8-bit level.
 FP16_MAX_DIFF = 1 / 255
