@@ -55,6 +55,7 @@ def _train_command(name: str) -> click.Command:
     def callback(**kw: Any) -> None:
         from imgtrans.config import parse_sets
         from imgtrans.train.launch import RunRequest, run
+        from imgtrans.train.warmstart import parse_init
 
         if kw["steps"] is not None and kw["epochs"] is not None:
             raise UserError("pass either --steps or --epochs, not both")
@@ -67,6 +68,8 @@ def _train_command(name: str) -> click.Command:
             values.update({"train.epochs": kw["epochs"], "train.steps": 0})
         if kw["device"] is not None:
             values["train.device"] = kw["device"]
+        if kw["init"]:
+            values["train.init"] = tuple(f"{net}={src}" for net, src in parse_init(kw["init"]).items())
         req = RunRequest(objective=name, values=values, config_file=kw["config"], out=kw["out"],
                          resume=kw["resume"], dry_run=kw["dry_run"], quiet=kw["quiet"])
         run(req)
@@ -82,6 +85,9 @@ def _train_command(name: str) -> click.Command:
         click.Option(["--epochs"], type=click.FloatRange(min=0, min_open=True), help="total epochs (instead of --steps)"),
         click.Option(["--resume"], type=click.Path(file_okay=False, exists=True),
                      help="continue the run in this directory from its newest checkpoint"),
+        click.Option(["--init"], multiple=True, metavar="NET=SOURCE",
+                     help="start network NET from trained weights (a model name, export, run folder or "
+                          "checkpoint), e.g. --init G_AB=horse2zebra (repeatable)"),
         click.Option(["--device"], help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
         click.Option(["--dry-run"], is_flag=True, help="print the merged config and dataset sizes, then exit"),
         click.Option(["--quiet", "-q"], is_flag=True, help="no progress bar or messages"),

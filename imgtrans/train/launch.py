@@ -16,6 +16,7 @@ from imgtrans.io import atomic_write
 from imgtrans.train.records import new_run_dir
 from imgtrans.train.runtime import Runtime, init_runtime, seed_everything
 from imgtrans.train.trainer import Trainer, TrainConfig, total_steps
+from imgtrans.train.warmstart import parse_init, warm_start
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,9 @@ def default_sections(objective: str) -> Sections:
 def resolve_sections(req: RunRequest) -> Sections:
     """defaults < resumed run's config.json < --config file < explicit values."""
     sections = default_sections(req.objective)
+    if req.resume and {"init", "train.init"} & set(req.values):
+        raise UserError("--init starts a new run from trained weights; --resume continues a run from its own "
+                        "checkpoint: pass one of them")
     if req.resume:
         if not (Path(req.resume) / "config.json").is_file():
             raise UserError(f"{req.resume}: not a training run folder (no config.json); pass the folder "
@@ -81,6 +85,8 @@ def run(req: RunRequest) -> Path | None:
             if rt.is_main:
                 print(_describe(req, sections, objective, dataset, rt))
             return None
+        if train.init and not req.resume:  # a resumed run's checkpoint holds every network already
+            warm_start(objective.networks(), parse_init(train.init))
         run_dir = _run_dir(req, objective, rt)
         config = {"objective": req.objective, "imgtrans": __version__, **to_dict(sections)}
         if rt.is_main:

@@ -60,6 +60,8 @@ class TrainConfig:
     # halves) in concurrent threads that split the cores (train/branches.py). Same results.
     branches: bool = True
     name: str = ""
+    # NET=SOURCE: networks that start from trained weights instead of random ones (train/warmstart.py).
+    init: tuple[str, ...] = ()
 
 
 class DivergedError(UserError):
