@@ -49,6 +49,13 @@ def _data_options(name: str) -> list[click.Option]:
     return opts
 
 
+def _init_help(name: str) -> str:
+    generators = getattr(objective_class(name), "averaged", ())
+    example = f", e.g. --init {generators[0]}=MODEL" if generators else ""
+    return ("start network NET from trained weights (a model name, export, run folder or checkpoint)"
+            f"{example} (repeatable)")
+
+
 def _train_command(name: str) -> click.Command:
     data_fields = [f.name for f in dataclasses.fields(objective_class(name).config_class) if f.metadata.get("cli")]
 
@@ -85,9 +92,7 @@ def _train_command(name: str) -> click.Command:
         click.Option(["--epochs"], type=click.FloatRange(min=0, min_open=True), help="total epochs (instead of --steps)"),
         click.Option(["--resume"], type=click.Path(file_okay=False, exists=True),
                      help="continue the run in this directory from its newest checkpoint"),
-        click.Option(["--init"], multiple=True, metavar="NET=SOURCE",
-                     help="start network NET from trained weights (a model name, export, run folder or "
-                          "checkpoint), e.g. --init G_AB=horse2zebra (repeatable)"),
+        click.Option(["--init"], multiple=True, metavar="NET=SOURCE", help=_init_help(name)),
         click.Option(["--device"], help="auto (cuda, then mps, then cpu), cpu, cuda, cuda:N or mps"),
         click.Option(["--dry-run"], is_flag=True, help="print the merged config and dataset sizes, then exit"),
         click.Option(["--quiet", "-q"], is_flag=True, help="no progress bar or messages"),
