@@ -138,3 +138,33 @@ def test_other_models_start_from_their_exports() -> None:
     assert same(nets["J"].state_dict(), shipped)
     with pytest.raises(UserError, match="unknown model"):
         warm_start(nets, {"J": "no-such-model"})
+
+
+def test_d_warmup_holds_the_generators_while_the_discriminators_learn(domains: tuple[Path, Path],
+                                                                      source_run: Path, tmp_path: Path) -> None:
+    a, b = domains
+    init = (f"G_AB={source_run}", f"G_BA={source_run}")
+    start = load_checkpoint(latest_checkpoint(source_run))
+    held = run(request(a, b, tmp_path / "held", **{"train.steps": 2, "train.init": init, "train.d_warmup": 2}))
+    after = load_checkpoint(latest_checkpoint(held))["nets"]
+    for net in ("G_AB", "G_BA"):
+        assert same(after[net], averaged_state(start, net))  # bit for bit: learning rate 0
+    fresh = tiny_model().networks()["D_A"].state_dict()
+    assert not all(torch.allclose(after["D_A"][k], fresh[k], atol=1e-6) for k in fresh)  # D learned
+    stats = [json.loads(line) for line in (held / "stats.jsonl").read_text().splitlines()]
+    assert stats[-1]["lr"]["G"] == 0 and stats[-1]["lr"]["D"] > 0
+    # After the warm-up the generators learn again.
+    moved = run(request(a, b, tmp_path / "moved", **{"train.steps": 2, "train.init": init, "train.d_warmup": 1}))
+    after = load_checkpoint(latest_checkpoint(moved))["nets"]
+    assert not same(after["G_AB"], averaged_state(start, "G_AB"))
+
+
+def test_d_warmup_needs_a_generator(tmp_path: Path) -> None:
+    from conftest import make_domain
+
+    a, b = make_domain(tmp_path / "A", 4, "blobs"), make_domain(tmp_path / "B", 4, "stripes")
+    req = RunRequest(objective="judge", values={"model.a": str(a), "model.b": str(b), "model.size": 32,
+                                                "train.steps": 1, "train.d_warmup": 5, "train.workers": 0},
+                     out=str(tmp_path / "runs"), quiet=True)
+    with pytest.raises(UserError, match="no generator to hold back"):
+        run(req)

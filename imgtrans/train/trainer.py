@@ -62,6 +62,11 @@ class TrainConfig:
     name: str = ""
     # NET=SOURCE: networks that start from trained weights instead of random ones (train/warmstart.py).
     init: tuple[str, ...] = ()
+    # Steps at the start in which the generators' learning rate is 0 and only the other networks
+    # (the discriminators) learn: new discriminators catch up with generators started by --init
+    # before their gradients move them. The generators' forward and backward still run (the
+    # discriminators need their outputs, and Adam's moments warm up).
+    d_warmup: int = 0
 
 
 class DivergedError(UserError):
@@ -127,6 +132,11 @@ class Trainer:
         self.concurrent = (cfg.branches and runtime.device.type == "cpu" and not runtime.distributed
                            and torch.get_num_threads() > 1)
         self._runners: dict[int, BranchRunner] = {}
+        generators = set(getattr(objective, "averaged", ()))
+        if cfg.d_warmup and not generators:
+            raise UserError(f"--set d_warmup={cfg.d_warmup}: objective {objective.name!r} has no generator to hold "
+                            "back; leave d_warmup at 0")
+        self.held_back = {p.name for p in self.phases if generators & set(p.nets)}  # during d_warmup
 
     def _runner(self, branches: int) -> BranchRunner:
         if branches not in self._runners:
@@ -243,13 +253,18 @@ class Trainer:
             self._acc[name] = self._acc.get(name, 0.0) + v
         return True
 
+    def _lr_factor(self, phase: Phase, step: int) -> float:
+        """The schedule's factor for `phase` at `step`; 0 for the generators during d_warmup."""
+        if step < self.cfg.d_warmup and phase.name in self.held_back:
+            return 0.0
+        return lr_factor(step, self.total, self.cfg.decay_start)
+
     def train_step(self, batch: dict[str, torch.Tensor]) -> bool:
         """One step of every due phase; the whole step is skipped at the first non-finite loss."""
-        factor = lr_factor(self.step, self.total, self.cfg.decay_start)
         for phase in self.phases:
             if self.step % phase.every:
                 continue
-            if not self._run_phase(phase, batch, factor):
+            if not self._run_phase(phase, batch, self._lr_factor(phase, self.step)):
                 self.nonfinite += 1
                 if self.nonfinite > self.cfg.max_nonfinite:
                     raise DivergedError(
@@ -274,11 +289,10 @@ class Trainer:
         self._acc, self._acc_n = {}, 0
         if losses:
             self.last_losses = losses
-        factor = lr_factor(self.step - 1, self.total, self.cfg.decay_start)
         record = {
             "step": self.step,
             "epoch": round(self.step * self.cfg.batch_size / len(self.dataset), 4),
-            "lr": {p.name: p.lr * factor for p in self.phases},
+            "lr": {p.name: p.lr * self._lr_factor(p, self.step - 1) for p in self.phases},
             **{f"loss/{k}": round(v, 6) for k, v in losses.items()},
             "sec_per_step": round(seconds / max(1, steps), 4),
             "nonfinite_steps": self.nonfinite,
