@@ -246,7 +246,7 @@ def step_rows(ngf: int, plan: Plan, work: Path, extra: list[str], notes: list[st
               "imgtrans": f"imgtrans Trainer as shipped (fp32, Adam {res['imgtrans'].values['adam']}"
                           + (", A and B halves concurrently)" if res["imgtrans"].values["concurrent"] else ")"),
               "sequential": "imgtrans Trainer, halves one after the other (--set branches=false)",
-              "bf16": "imgtrans Trainer, amp=bf16 (not used on CPU)",
+              "bf16": "imgtrans Trainer, --set amp=bf16",
               "compile": "imgtrans Trainer, torch.compile'd networks (not shipped)"}
     rows = []
     for kind, r in res.items():
