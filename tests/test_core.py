@@ -330,6 +330,19 @@ def test_runtime_rejects_bad_amp() -> None:
         init_runtime("cpu", "fp16")
 
 
+def test_amp_hint_only_for_plain_fp32_on_native_bf16_cpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgtrans.train import runtime
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: True)
+    hint = runtime.amp_hint(Runtime(cpu, amp="off"))
+    assert hint is not None and "--set amp=bf16" in hint
+    assert runtime.amp_hint(Runtime(cpu, amp="bf16")) is None
+    assert runtime.amp_hint(Runtime(torch.device("cuda", 0), amp="off")) is None  # no CUDA call made
+    monkeypatch.setattr(runtime, "native_cpu_bf16", lambda: False)
+    assert runtime.amp_hint(Runtime(cpu, amp="off")) is None
+
+
 def test_bf16_autocast_trains_on_cpu(tmp_path: Path) -> None:
     obj = Toy()
     trainer = Trainer(obj, TrainConfig(steps=2, workers=0, log_every=1, sample_every=0, checkpoint_every=0),

@@ -20,7 +20,7 @@ from imgtrans.nn.subpixel import with_subpixel_upsampling
 from imgtrans.io import MAX_PIXELS, ImageReadError, Photo, read_photo, write_photo
 from imgtrans.pipelines.folders import FolderReport, Job, plan
 from imgtrans.tiling import needs_tiling, run_padded, run_tiled, tile_spans
-from imgtrans.train.runtime import select_device
+from imgtrans.train.runtime import native_cpu_bf16, select_device
 
 ImageLike = TypeVar("ImageLike", Image.Image, np.ndarray, torch.Tensor)
 
@@ -57,21 +57,6 @@ def to_rgb(t: torch.Tensor) -> np.ndarray:
 def _to_uint8(t: torch.Tensor) -> torch.Tensor:
     """Nx3xHxW in [-1, 1] -> uint8 on the same device (a quarter of the bytes to copy back)."""
     return t.float().clamp(-1, 1).add(1.0).mul(127.5).round().to(torch.uint8)
-
-
-def native_cpu_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), the only case where bf16
-    autocast is faster than fp32 there: without it oneDNN emulates bf16, measured ~4x slower
-    than fp32 for the ResNet generator (benchmarks/README.md). Unknown means no."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    for name in probes:
-        probe = getattr(torch.cpu, name, None)
-        try:
-            if probe is not None and probe():
-                return True
-        except RuntimeError:
-            continue
-    return False
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:

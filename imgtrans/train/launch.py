@@ -14,7 +14,7 @@ from imgtrans.errors import UserError
 from imgtrans.registry import objective_class
 from imgtrans.io import atomic_write
 from imgtrans.train.records import new_run_dir
-from imgtrans.train.runtime import Runtime, init_runtime, seed_everything
+from imgtrans.train.runtime import Runtime, amp_hint, init_runtime, seed_everything
 from imgtrans.train.trainer import Trainer, TrainConfig, total_steps
 from imgtrans.train.warmstart import parse_init, warm_start
 
@@ -88,6 +88,9 @@ def run(req: RunRequest) -> Path | None:
         if train.init and not req.resume:  # a resumed run's checkpoint holds every network already
             warm_start(objective.networks(), parse_init(train.init))
         run_dir = _run_dir(req, objective, rt)
+        hint = amp_hint(rt)
+        if hint and rt.is_main and not req.quiet:
+            print(hint, file=sys.stderr)
         config = {"objective": req.objective, "imgtrans": __version__, **to_dict(sections)}
         if rt.is_main:
             atomic_write(run_dir / "config.json", lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2) + "\n"))

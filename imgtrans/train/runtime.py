@@ -18,6 +18,21 @@ from imgtrans.errors import UserError
 AMP_MODES = ("off", "bf16", "fp16")
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), the only case where bf16
+    autocast is faster than fp32 there: without it oneDNN emulates bf16, measured ~4x slower
+    than fp32 for the ResNet generator (benchmarks/README.md). Unknown means no."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    for name in probes:
+        probe = getattr(torch.cpu, name, None)
+        try:
+            if probe is not None and probe():
+                return True
+        except RuntimeError:
+            continue
+    return False
+
+
 def select_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     """`auto` picks cuda, then mps, then cpu; anything else is checked and used as given."""
     if name == "auto":
@@ -156,6 +171,15 @@ class Runtime:
     def close(self) -> None:
         if self.distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def amp_hint(rt: Runtime) -> str | None:
+    """A one-line suggestion when mixed precision is off on a CPU that computes bf16 natively,
+    where bf16 autocast is the largest speed-up available (convolutions are ~80% of a step)."""
+    if rt.amp != "off" or rt.device.type != "cpu" or not native_cpu_bf16():
+        return None
+    return ("note: this CPU computes bf16 natively; --set amp=bf16 trains faster here (a CycleGAN step "
+            "ran 1.7x faster on an AVX512-BF16 CPU, benchmarks/README.md)")
 
 
 def init_runtime(device: str = "auto", amp: str = "off") -> Runtime:
