@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -102,13 +102,17 @@ def test_runner_workers_use_their_own_thread_count() -> None:
         runner = BranchRunner(2, 1)
         seen: list[int] = []
 
-        def branch() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            x = torch.ones(64, 64, requires_grad=True)
-            seen.append(torch.get_num_threads())
-            loss = (x @ x).sum()
-            return loss, {f"n{len(seen)}": loss.detach()}
+        def branch(name: str) -> Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+            # Each branch names its own term: the two run at once, so a shared counter would race.
+            def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                x = torch.ones(64, 64, requires_grad=True)
+                seen.append(torch.get_num_threads())
+                loss = (x @ x).sum()
+                return loss, {name: loss.detach()}
+            return run
 
-        total, terms = runner.run([branch, branch], lambda loss: loss.backward(), contextlib.nullcontext)
+        total, terms = runner.run([branch("n1"), branch("n2")], lambda loss: loss.backward(),
+                                  contextlib.nullcontext)
         assert seen == [1, 1] and torch.get_num_threads() == 2  # the caller keeps its own
         assert total.item() == 2 * 64 ** 3 and set(terms) == {"n1", "n2"}
         runner.close()
