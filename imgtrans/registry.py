@@ -15,7 +15,7 @@ OBJECTIVES: dict[str, str] = {
     "eyes": "imgtrans.objectives.eyes:EyeInpainting",
     "eyestate": "imgtrans.objectives.eyestate:EyeState",
     "dcgan": "imgtrans.objectives.dcgan:DCGAN",
-    "faceattrs": "imgtrans.objectives.dcgan:FaceAttributes",  # labels DCGAN faces for latent directions
+    "faceattrs": "imgtrans.objectives.faceattrs:FaceAttributes",  # labels DCGAN faces for latent directions
 }
 
 

@@ -19,6 +19,7 @@ from imgtrans.cli import run_cli
 from imgtrans.errors import UserError
 from imgtrans.faces.eyes import template_points
 from imgtrans.objectives import dcgan as dc
+from imgtrans.objectives import faceattrs as fa
 from imgtrans.pipelines import latent
 from imgtrans.train.checkpoint import latest_checkpoint, load_checkpoint, load_export, save_export
 from imgtrans.train.launch import RunRequest, run
@@ -71,7 +72,8 @@ def write_utk_faces(root: Path, n: int = 24, seed: int = 0) -> None:
 @pytest.fixture
 def fake_landmarks(monkeypatch: pytest.MonkeyPatch) -> None:
     """The template's points for every file (a 48 px face), instead of MTCNN."""
-    monkeypatch.setattr(dc, "find_landmarks", lambda files: {f: template_points(48) for f in files})
+    monkeypatch.setattr("imgtrans.data.faces.detect_landmarks",
+                        lambda files, who="": {f: template_points(48) for f in files})
 
 
 # ----- networks ----------------------------------------------------------------------------
@@ -216,16 +218,16 @@ def test_edit_arithmetic_and_errors() -> None:
 
 # ----- attribute classifiers and directions ------------------------------------------------
 def test_labels_from_names_and_scores() -> None:
-    cfg = dc.FaceAttrConfig()
-    labels, known = dc.face_labels("25_1_2_20170116174525125.jpg.chip.jpg", 0.3, cfg)
+    cfg = fa.FaceAttrConfig()
+    labels, known = fa.face_labels("25_1_2_20170116174525125.jpg.chip.jpg", 0.3, cfg)
     assert labels.tolist() == [0, 0, 1] and known.all()  # female, young, open
-    labels, known = dc.face_labels("61_0_0_x.jpg.chip.jpg", 0.05, cfg)
+    labels, known = fa.face_labels("61_0_0_x.jpg.chip.jpg", 0.05, cfg)
     assert labels.tolist() == [1, 1, 0] and known.all()  # male, old, closed
-    _, known = dc.face_labels("40_0_0_x.jpg.chip.jpg", 0.18, cfg)  # age and eyes between the classes
+    _, known = fa.face_labels("40_0_0_x.jpg.chip.jpg", 0.18, cfg)  # age and eyes between the classes
     assert known.tolist() == [True, False, False]
-    _, known = dc.face_labels("9_0_0_x.jpg.chip.jpg", None, cfg)  # children carry no age label
+    _, known = fa.face_labels("9_0_0_x.jpg.chip.jpg", None, cfg)  # children carry no age label
     assert known.tolist() == [True, False, False]
-    _, known = dc.face_labels("Aaron_Peirsol_0001.jpg", 0.3, cfg)  # LFW: eyes only
+    _, known = fa.face_labels("Aaron_Peirsol_0001.jpg", 0.3, cfg)  # LFW: eyes only
     assert known.tolist() == [False, False, True]
 
 
@@ -239,12 +241,12 @@ def test_directions_from_classifiers_and_the_cli(trained: Path, tmp_path: Path, 
     clf_dir = run(RunRequest(objective="faceattrs", values=values, out=str(tmp_path / "runs"), quiet=True))
     assert clf_dir is not None
     figures = json.loads((clf_dir / "eval.json").read_text())
-    assert figures["val_faces"] >= 3 and set(dc.ATTRIBUTES) <= set(figures), figures
+    assert figures["val_faces"] >= 3 and set(fa.ATTRIBUTES) <= set(figures), figures
     assert figures["male"]["n"] == figures["male"]["positive"] + figures["male"]["negative"] >= 3
     stats = json.loads((clf_dir / "stats.jsonl").read_text().splitlines()[-1])
-    assert all(np.isfinite(stats[f"loss/bce_{a}"]) for a in dc.ATTRIBUTES)
+    assert all(np.isfinite(stats[f"loss/bce_{a}"]) for a in fa.ATTRIBUTES)
     clf = latent.load_attributes(clf_dir)
-    assert clf.attributes == list(dc.ATTRIBUTES) and clf.probs(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+    assert clf.attributes == list(fa.ATTRIBUTES) and clf.probs(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
 
     out = tmp_path / "model" / "faces.safetensors"
     rc = run_cli(["faces", "directions", "-m", str(trained), "--classifier", str(clf_dir), "--samples", "48",
@@ -253,11 +255,11 @@ def test_directions_from_classifiers_and_the_cli(trained: Path, tmp_path: Path, 
     assert rc == 0, printed.err
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["classifier_heldout"] == figures and report["directions"]["samples"] == 48
-    for a in dc.ATTRIBUTES:
+    for a in fa.ATTRIBUTES:
         rec = report["flips"]["attributes"][a][0]
         assert rec["strength"] == 2 and 0 <= rec["flip_rate"] <= 1 and rec["positive"] + rec["negative"] == 8
     model = latent.load_face_model(out)
-    assert sorted(model.directions) == sorted(dc.ATTRIBUTES) and model.meta["direction_report"] == report
+    assert sorted(model.directions) == sorted(fa.ATTRIBUTES) and model.meta["direction_report"] == report
     for v in model.directions.values():
         assert v.shape == (100,) and abs(float(v.norm()) - 1) < 1e-6  # unit vectors
     z = latent.z_from_seed(11, 100)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import data_root
-from imgtrans.data.faces import val_identity
+from imgtrans.data.faces import held_out
 from imgtrans.eval.eyes import (BASELINES, NO_FACE_ERROR, PSNR_CAP, REAL, UPSAMPLE, evaluate_eyes, eye_ssim,
                                 flat_fill, format_eyes_table, masked_l1, masked_psnr, telea_fill)
 from imgtrans.faces.detect import Face
@@ -96,8 +96,8 @@ def draw_face(lm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def tree(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[Path, np.ndarray]]:
     """faces/lfw_pairs with 3 training identities and 3 held-out ones (two with a second photo)."""
     root = tmp_path_factory.mktemp("faces")
-    train = [n for n in (f"id{i}" for i in range(20)) if not val_identity(n)][:3]
-    held = [n for n in (f"id{i}" for i in range(100)) if val_identity(n)][:3]
+    train = [n for n in (f"id{i}" for i in range(20)) if not held_out(n)][:3]
+    held = [n for n in (f"id{i}" for i in range(100)) if held_out(n)][:3]
     plan = [(n, 2) for n in train] + [(held[0], 2), (held[1], 2), (held[2], 1)]
     rng = np.random.default_rng(0)
     rows, landmarks = [], {}

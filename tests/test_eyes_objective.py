@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from conftest import data_root
-from imgtrans.data.faces import InpaintFaces, SampleSpec, mirror_boxes, read_records, val_identity
+from imgtrans.data.faces import InpaintFaces, SampleSpec, mirror_boxes, read_records, held_out
 from imgtrans.errors import UserError
 from imgtrans.faces.eyes import EyeBoxSpec, box_mask, eye_boxes, template_points
 from imgtrans.faces.inpaint import Inpainter, load_inpainter
@@ -37,7 +37,7 @@ TINY = {"model.ngf": 8, "model.n_blocks": 1, "model.ndf": 8, "model.local_ndf": 
 # ----- synthetic faces ---------------------------------------------------------------------
 def names(split_val: bool, n: int) -> list[str]:
     """The first `n` made-up identities on the requested side of the validation split."""
-    found = [f"person_{i:03d}" for i in range(1000) if val_identity(f"person_{i:03d}") == split_val]
+    found = [f"person_{i:03d}" for i in range(1000) if held_out(f"person_{i:03d}") == split_val]
     return found[:n]
 
 
@@ -176,16 +176,16 @@ def test_records_from_the_prepared_layout(tmp_path: Path) -> None:
         read_records(tmp_path / "nope")
 
 
-def test_val_identity_is_stable_and_disjoint_from_training(faces: Faces) -> None:
+def test_held_out_is_stable_and_disjoint_from_training(faces: Faces) -> None:
     people = [f"Someone_{i}" for i in range(2000)]
-    split = [val_identity(p) for p in people]
-    assert split == [val_identity(p) for p in people] and 0.08 < np.mean(split) < 0.12
+    split = [held_out(p) for p in people]
+    assert split == [held_out(p) for p in people] and 0.08 < np.mean(split) < 0.12
     # Pinned: a changed hash would silently move LFW identities between train and validation.
     assert names(True, 3) == ["person_006", "person_010", "person_016"]
-    assert val_identity("Aaron_Peirsol", 1.0) and not val_identity("Aaron_Peirsol", 0.0)
+    assert held_out("Aaron_Peirsol", 1.0) and not held_out("Aaron_Peirsol", 0.0)
     ds = dataset(faces)
     trained = {r.identity for r in ds.records if r.identity}
-    assert trained and not any(val_identity(p) for p in trained)
+    assert trained and not any(held_out(p) for p in trained)
     assert ds.held_out == 2 and ds.sizes() == {"faces": 7, "identities_with_exemplars": 2, "dropped": 1,
                                               "held_out": 2}
 
@@ -399,7 +399,7 @@ def test_cli_trains_and_exports_on_lfw_pairs(tmp_path: Path) -> None:
     """`imgtrans train eyes` end to end: real photos, MTCNN landmarks, 3 steps, an export."""
     faces_root = data_root() / "faces"
     with open(faces_root / "lfw_pairs" / "index.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if not val_identity(r["identity"])
+        rows = [r for r in csv.DictReader(f) if not held_out(r["identity"])
                 and min(float(r["open_left"]), float(r["open_right"])) > 0.2]
     by_person: dict[str, list[dict[str, str]]] = {}
     for r in rows:

@@ -93,7 +93,8 @@ def write_faces(root: Path, n: int, seed: int = 0) -> dict[str, np.ndarray | Non
 def fake_landmarks(monkeypatch: pytest.MonkeyPatch) -> dict[str, np.ndarray | None]:
     """Landmarks by file name instead of MTCNN; tests fill the table."""
     table: dict[str, np.ndarray | None] = {}
-    monkeypatch.setattr(es, "find_landmarks", lambda files: {f: table.get(f.name) for f in files})
+    monkeypatch.setattr("imgtrans.data.faces.detect_landmarks",
+                        lambda files, who="": {f: table.get(f.name) for f in files})
     return table
 
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from conftest import data_root
 from imgtrans.cli import run_cli
-from imgtrans.data.faces import val_identity
+from imgtrans.data.faces import held_out
 
 pytestmark = [pytest.mark.data, pytest.mark.slow]
 
@@ -25,7 +25,7 @@ def small_index(faces: Path, path: Path) -> Path:
     chosen, per_id = [], {}
     for row in lfw:
         ident = row["identity"]
-        if val_identity(ident) or per_id.get(ident, 0) >= 2 or (len(per_id) >= 3 and ident not in per_id):
+        if held_out(ident) or per_id.get(ident, 0) >= 2 or (len(per_id) >= 3 and ident not in per_id):
             continue
         per_id[ident] = per_id.get(ident, 0) + 1
         chosen.append({"file": f"lfw_pairs/{row['file']}", "identity": ident,

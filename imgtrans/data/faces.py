@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import sys
+import time
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,13 +27,13 @@ SOURCES = ("lfw_pairs", "utkface")
 Landmarks = Mapping[Path, np.ndarray | None]
 
 
-def val_identity(identity: str, fraction: float = 0.1) -> bool:
-    """True if `identity` belongs to the validation split.
+def held_out(key: str, fraction: float = 0.1) -> bool:
+    """True if `key` (an identity, else a file's path relative to the faces folder) is held out.
 
     A hash of the name, not a random draw, so training and a later evaluation agree on the split
     without sharing any state, on every machine and Python version.
     """
-    digest = hashlib.sha256(identity.encode("utf-8")).digest()
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
@@ -126,11 +127,19 @@ def mirror_boxes(boxes: np.ndarray, size: int) -> np.ndarray:
     return mirrored[::-1].copy()
 
 
-def detect_landmarks(files: list[Path]) -> dict[Path, np.ndarray | None]:
-    """MTCNN landmarks (disk-cached); imported here so the data module loads without the detector."""
-    from imgtrans.faces.landmarks import dataset_landmarks
+def detect_landmarks(files: list[Path], who: str = "faces") -> dict[Path, np.ndarray | None]:
+    """5-point MTCNN landmarks per file (None: no face), cached on disk by faces.landmarks.
 
-    return dataset_landmarks(files, progress=sys.stderr.isatty())
+    Callers reach it as a module attribute (`faces.detect_landmarks`), so tests can substitute it.
+    """
+    from imgtrans.faces.landmarks import dataset_landmarks  # lazy: the data module loads without MTCNN
+
+    started = time.monotonic()
+    found = dataset_landmarks(files, progress=sys.stderr.isatty())
+    seconds = time.monotonic() - started
+    if seconds > 10:  # a real detection pass (not cache hits) is worth a line in the log
+        print(f"{who}: landmarks for {len(files)} files in {seconds:.0f} s", file=sys.stderr)
+    return found
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,7 @@ class Draw:
 class InpaintFaces(Dataset):
     """Sample k: an aligned open-eye face, jittered eye masks and an exemplar of the same person.
 
-    Only training-split records are used (identities with `val_identity` true are held out);
+    Only training-split records are used (identities with `held_out` true are held out);
     records without landmarks (no face found) are dropped at construction. `landmarks` maps
     each record's file to its (5, 2) landmarks, or None to detect them (MTCNN, cached on disk).
     """
@@ -165,7 +174,7 @@ class InpaintFaces(Dataset):
     def __init__(self, records: list[FaceRecord], spec: SampleSpec | None = None, seed: int = 0,
                  landmarks: Landmarks | None = None, val_fraction: float = 0.1) -> None:
         self.spec, self.seed = spec or SampleSpec(), seed
-        train = [r for r in records if r.identity is None or not val_identity(r.identity, val_fraction)]
+        train = [r for r in records if r.identity is None or not held_out(r.identity, val_fraction)]
         self.held_out = len(records) - len(train)
         if landmarks is None:
             landmarks = detect_landmarks([r.file for r in train])

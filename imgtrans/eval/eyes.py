@@ -1,6 +1,6 @@
 """Eye in-painting quality: masked SSIM/L1/PSNR, landmark error after re-detection, baselines side by side.
 
-Held-out LFW faces (identities with `val_identity` true) are aligned, their default eye boxes are
+Held-out LFW faces (identities with `held_out` true) are aligned, their default eye boxes are
 masked and filled by each system: the model, a flat mean-colour fill, OpenCV Telea and pasted
 exemplar eyes. Pixel metrics reward blur (the flat fill often wins PSNR, see ANCHORS.md), so SSIM
 in the eye boxes and the eye-landmark error after re-detecting the face are reported beside them.
@@ -19,7 +19,7 @@ import torch
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from imgtrans.data import faces as face_data
-from imgtrans.data.faces import FaceRecord, read_index, val_identity
+from imgtrans.data.faces import FaceRecord, read_index, held_out
 from imgtrans.errors import UserError
 from imgtrans.eval.sheet import contact_sheet
 from imgtrans.faces.detect import DetectConfig, Detector, Face, MTCNNDetector
@@ -147,7 +147,7 @@ def held_out_pairs(faces: Path, max_faces: int) -> list[tuple[FaceRecord, FaceRe
     if not (folder / "index.csv").is_file():
         raise UserError(f"{faces}: no lfw_pairs/index.csv; pass the data's faces/ folder")
     records = [r for r in read_index(folder / "index.csv", folder)
-               if r.identity is not None and val_identity(r.identity) and r.eyes_open(OPEN_ABOVE)]
+               if r.identity is not None and held_out(r.identity) and r.eyes_open(OPEN_ABOVE)]
     by_identity: dict[str, list[FaceRecord]] = defaultdict(list)
     for r in records:
         by_identity[r.identity].append(r)  # type: ignore[index]

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
-import math
 import sys
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from imgtrans.data.faces import index_records
+from imgtrans.data import faces as face_data
+from imgtrans.data.faces import held_out, index_records
 from imgtrans.data.stream import pick, sample_seed
+from imgtrans.data.transforms import jitter_alignment, photometric
 from imgtrans.errors import UserError
-from imgtrans.faces.eyes import Alignment, align
+from imgtrans.faces.eyes import align
 from imgtrans.faces.eyestate import (
     CROP_HW,
     CROP_SPEC,
@@ -37,16 +35,6 @@ from imgtrans.train.objective import Losses, ObjectiveBase, Phase
 
 DEFAULT_INDEXES = ("utkface", "lfw_pairs")  # each folder's index.csv lists files relative to it
 CLOSED_FOLDERS = ("closed_eyes", "closed_eyes_utk")  # real closed-eye photos for evaluate()
-
-# Augmentation ranges. Geometry stays within typical MTCNN landmark error, so the eye never
-# leaves its 0.9 x 0.6 IOD crop box.
-ROTATE_DEG = 8.0
-SCALE = 0.08
-SHIFT = 0.03  # of the aligned size
-CONTRAST = (0.7, 1.3)
-BRIGHTNESS = 30.0  # grey levels
-BLUR_P, BLUR_SIGMA = 0.3, (0.3, 1.2)  # sigma in pixels of a 128 px face, scaled with the size
-
 
 @dataclass(frozen=True)
 class EyeStateConfig:
@@ -96,12 +84,6 @@ def weak_labels(scores: np.ndarray, open_above: float, closed_below: float) -> t
     return is_open.astype(np.float32), is_open | is_closed
 
 
-def is_validation(rel: str, fraction: float) -> bool:
-    """Stable held-out choice from the relative path alone (same on every machine and run)."""
-    h = int.from_bytes(hashlib.sha256(rel.encode()).digest()[:8], "big")
-    return h / 2.0**64 < fraction
-
-
 def read_index(faces: Path, index: str = "") -> list[tuple[str, float, float]]:
     """(path relative to `faces`, open_left, open_right) rows of the chosen index CSV(s)."""
     rows = []
@@ -115,18 +97,6 @@ def read_index(faces: Path, index: str = "") -> list[tuple[str, float, float]]:
     return rows
 
 
-def find_landmarks(files: list[Path]) -> dict[Path, np.ndarray | None]:
-    """5-point landmarks per file (None: no face); cached on disk by imgtrans.faces.landmarks."""
-    from imgtrans.faces.landmarks import dataset_landmarks  # lazy: loads the MTCNN detector
-
-    started = time.monotonic()
-    found = dataset_landmarks(files, progress=sys.stderr.isatty())
-    seconds = time.monotonic() - started
-    if seconds > 10:  # a real detection pass (not cache hits) is worth a line in the log
-        print(f"eyestate: landmarks for {len(files)} files in {seconds:.0f} s", file=sys.stderr)
-    return found
-
-
 def build_splits(cfg: EyeStateConfig) -> Splits:
     """Index rows with a detected face, labelled, split into training and validation by file."""
     if not cfg.faces:
@@ -137,7 +107,7 @@ def build_splits(cfg: EyeStateConfig) -> Splits:
     listed = read_index(faces, cfg.index)
     rows = [r for r in listed if (faces / r[0]).is_file()]
     missing = len(listed) - len(rows)
-    landmarks = find_landmarks([faces / r[0] for r in rows])
+    landmarks = face_data.detect_landmarks([faces / r[0] for r in rows], "eyestate")
     train, val, no_face = [], [], 0
     for rel, left, right in rows:
         lm = landmarks.get(faces / rel)
@@ -146,35 +116,13 @@ def build_splits(cfg: EyeStateConfig) -> Splits:
             continue
         labels, known = weak_labels(np.array([left, right]), cfg.open_above, cfg.closed_below)
         rec = FaceRecord(faces / rel, np.asarray(lm, np.float64), labels, known)
-        (val if is_validation(rel, cfg.val_fraction) else train).append(rec)
+        (val if held_out(rel, cfg.val_fraction) else train).append(rec)
     return Splits(train, val, missing, no_face)
 
 
 # ----- images ------------------------------------------------------------------------------
 def load_rgb(path: Path) -> np.ndarray:
     return np.asarray(read_rgb(path))
-
-
-def jitter_alignment(base: Alignment, rng: np.random.Generator) -> Alignment:
-    """`base` followed by a small random rotation, scale and shift about the face centre."""
-    n = base.size
-    angle = rng.uniform(-ROTATE_DEG, ROTATE_DEG)
-    scale = math.exp(rng.uniform(-math.log1p(SCALE), math.log1p(SCALE)))
-    m = cv2.getRotationMatrix2D((n / 2, n / 2), angle, scale)
-    m[:, 2] += rng.uniform(-SHIFT, SHIFT, 2) * n
-    full = np.vstack([m, [0, 0, 1]]) @ np.vstack([base.matrix, [0, 0, 1]])
-    return Alignment(full[:2], n)
-
-
-def photometric(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Blur, contrast and brightness jitter of a uint8 face (lighting and focus vary in photos)."""
-    x = img.astype(np.float32)
-    if rng.random() < BLUR_P:
-        sigma = rng.uniform(*BLUR_SIGMA) * img.shape[0] / 128
-        x = cv2.GaussianBlur(x, (0, 0), sigma)
-    mean = x.mean()
-    x = (x - mean) * rng.uniform(*CONTRAST) + mean + rng.uniform(-BRIGHTNESS, BRIGHTNESS)
-    return np.clip(x, 0, 255).round().astype(np.uint8)
 
 
 def augmented_face(rgb: np.ndarray, rec: FaceRecord, size: int,
@@ -376,7 +324,7 @@ class EyeState(ObjectiveBase):
         files = sorted(folder.glob("*.jpg")) if folder.is_dir() else []
         if not files:
             return {key: f"skipped: no {folder}/*.jpg"}
-        landmarks = find_landmarks(files)
+        landmarks = face_data.detect_landmarks(files, "eyestate")
         found = [(f, lm) for f in files if (lm := landmarks.get(f)) is not None]
         aligned = [align(np.asarray(lm, np.float64), self.cfg.size).warp(load_rgb(f)) for f, lm in found]
         closed = clf.predict(aligned) < 0.5

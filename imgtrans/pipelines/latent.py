@@ -16,15 +16,8 @@ import torch.nn.functional as F
 from imgtrans.data.transforms import to_uint8
 from imgtrans.errors import UserError
 from imgtrans.io import Photo, format_for_ext, refuse_existing, write_photo
-from imgtrans.objectives.dcgan import (
-    ATTRIBUTE_EXPORT,
-    DCGAN,
-    GENERATOR_EXPORT,
-    FaceAttributes,
-    Generator,
-    latents,
-    z_from_seed,
-)
+from imgtrans.objectives.dcgan import DCGAN, GENERATOR_EXPORT, Generator, latents, z_from_seed  # noqa: F401 (CLI API)
+from imgtrans.objectives.faceattrs import ATTRIBUTE_EXPORT, FaceAttributes
 from imgtrans.train.checkpoint import save_export
 
 MODEL_ACCEPTED = "a dcgan run folder, its export/*.safetensors or a model name"
