@@ -76,7 +76,7 @@ RANGES: dict[str, Rule] = {
     **dict.fromkeys(("ngf", "ndf", "local_ndf", "n_layers_d", "nz", "width", "f_width", "num_patches",
                      "batch_size", "bn_calibration", "sample_grid"), _at_least(1)),
     **dict.fromkeys(("n_blocks", "load_size", "steps", "epochs", "workers", "pool_size", "log_every",
-                     "sample_every", "checkpoint_every", "keep_checkpoints", "sample_count", "max_nonfinite",
+                     "sample_every", "checkpoint_every", "eval_every", "test_images", "keep_checkpoints", "sample_count", "max_nonfinite",
                      "time_limit", "grad_clip", "init_gain", "pos_weight", "center_jitter", "size_jitter",
                      "d_warmup"),
                     _at_least(0)),

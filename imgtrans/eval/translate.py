@@ -130,6 +130,11 @@ class FeatureBank:
             self._inception[key] = self.inception.features(images)
         return self._inception[key]
 
+    def forget(self, key: str) -> None:
+        """Drop what was computed for `key` (a set that will change, e.g. a model still training)."""
+        self._judged.pop(key, None)
+        self._inception.pop(key, None)
+
 
 
 def _figures(verdict: Judgement | None, target: str, judge_pair: Pair, inception_pair: Pair) -> dict[str, Any]:

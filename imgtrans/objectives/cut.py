@@ -27,6 +27,7 @@ from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weigh
 from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.patchnce import PatchHead, patch_nce, sample_patch_ids
+from imgtrans.objectives.translation import HeldOutConfig, ScoresHeldOut
 from imgtrans.train.objective import Losses, ObjectiveBase, Phase
 
 # What fast=true writes into the config (FastCUT, paper section 4). FastCUT also trains 150 + 50
@@ -39,7 +40,7 @@ ENCODER_STEM = 10
 
 
 @dataclass(frozen=True)
-class CUTConfig:
+class CUTConfig(HeldOutConfig):
     """CUT settings; defaults are the paper's CUT, `fast=true` turns them into FastCUT's."""
 
     a: str = field(default="", metadata={"cli": "--a", "help": "folder of domain A images (recursive)"})
@@ -75,6 +76,7 @@ class CUTConfig:
     init_gain: float = 0.02
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not self.fast:
             return
         if self.lambda_nce not in (1.0, FASTCUT["lambda_nce"]):
@@ -111,7 +113,7 @@ def tap_channels(arch: ResnetArch, layers: Sequence[int]) -> list[int]:
     return [channels(i) for i in layers]
 
 
-class CUT(ObjectiveBase):
+class CUT(ScoresHeldOut, ObjectiveBase):
     """Unpaired translation A -> B with contrastive patch losses (CUT, or FastCUT with fast=true).
 
     G_AB: A -> B; D_B judges domain B images; F projects G_AB's encoder features for PatchNCE.

@@ -14,6 +14,7 @@ from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weigh
 from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.losses import l1
+from imgtrans.objectives.translation import HeldOutConfig, ScoresHeldOut
 from imgtrans.train.objective import Branch, Losses, ObjectiveBase, Phase, combine
 from imgtrans.train.pool import ImagePool
 
@@ -22,7 +23,7 @@ DIRECTIONS = {"AtoB": ("G_AB", "G_A"), "BtoA": ("G_BA", "G_B")}
 
 
 @dataclass(frozen=True)
-class CycleGANConfig:
+class CycleGANConfig(HeldOutConfig):
     """CycleGAN settings; defaults are the reference project's (ANCHORS.md)."""
 
     a: str = field(default="", metadata={"cli": "--a", "help": "folder of domain A images (recursive)"})
@@ -61,7 +62,7 @@ class CycleGANConfig:
         return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm)
 
 
-class CycleGAN(ObjectiveBase):
+class CycleGAN(ScoresHeldOut, ObjectiveBase):
     """Unpaired translation between two image folders, both directions at once.
 
     G_AB: A -> B, G_BA: B -> A; D_A judges domain A images, D_B domain B images.

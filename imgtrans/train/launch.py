@@ -104,8 +104,9 @@ def run(req: RunRequest) -> Path | None:
                 raise UserError(f"{run_dir} already finished {trainer.step} steps; pass --steps N (N > "
                                 f"{trainer.step}) to train longer")
         finished = trainer.fit(until=req.until)
-        if finished and rt.is_main and hasattr(objective, "evaluate"):
-            _write_eval(run_dir, objective, req.quiet)
+        figures = trainer.evaluate() if finished else None
+        if figures:
+            atomic_write(run_dir / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(figures, indent=2) + "\n"))
         if rt.is_main and not req.quiet:
             what = "done" if finished else f"stopped at step {trainer.step}/{trainer.total}; continue with --resume"
             print(f"{what}: run directory {run_dir}", file=sys.stderr)
@@ -122,18 +123,6 @@ def _build(name: str, model_cfg: Any, seed: int) -> tuple[Any, Any]:
         return objective, objective.dataset()
     except ValueError as e:
         raise UserError(f"{name} settings: {str(e).splitlines()[0]}; change it with --set or --config") from None
-
-
-def _write_eval(run_dir: Path, objective: Any, quiet: bool) -> None:
-    """Objectives that can measure themselves (e.g. a classifier) report into eval.json."""
-    objective.bind(objective.networks())  # rank 0 alone: bypass DDP wrappers
-    for net in objective.networks().values():
-        net.eval()
-    figures = objective.evaluate()
-    atomic_write(run_dir / "eval.json", lambda tmp: Path(tmp).write_text(json.dumps(figures, indent=2) + "\n"))
-    if not quiet:
-        print("evaluation: " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                          for k, v in figures.items()), file=sys.stderr)
 
 
 def _run_dir(req: RunRequest, objective: Any, rt: Runtime) -> Path:

@@ -50,6 +50,18 @@ class StatsLog:
             f.write(json.dumps(record) + "\n")
 
 
+def flatten_figures(figures: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of nested evaluation figures as {"a/b/c": value}, for one JSON line."""
+    flat: dict[str, float] = {}
+    for k, v in figures.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            flat.update(flatten_figures(v, key + "/"))
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            flat[key] = round(float(v), 6)
+    return flat
+
+
 def save_grid(images: dict[str, torch.Tensor], path: Path) -> None:
     """One row per sample, one column per named image (all in [-1, 1], same size)."""
     cols = list(images.values())

@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ from imgtrans.train.checkpoint import (
 )
 from imgtrans.train.ema import WeightAverage
 from imgtrans.train.objective import Objective, Phase
-from imgtrans.train.records import StatsLog, save_grid
+from imgtrans.train.records import StatsLog, flatten_figures, save_grid
 from imgtrans.train.runtime import Runtime, frozen_sync
 from imgtrans.train.schedule import lr_factor
 from imgtrans.train.stopping import StopRequest, stop_on_signals
@@ -51,6 +51,9 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 500
     checkpoint_every: int = 1000
+    # Steps between the objective's held-out evaluations (eval.jsonl; e.g. a translation run's
+    # --test-a/--test-b figures); 0: only at the end (eval.json).
+    eval_every: int = 0
     keep_checkpoints: int = 2
     sample_count: int = 4
     workers: int = 2
@@ -124,6 +127,7 @@ class Trainer:
         self.step = 0
         self.nonfinite = 0
         self.stats = StatsLog(run_dir / "stats.jsonl")
+        self.evals = StatsLog(run_dir / "eval.jsonl")
         self._acc: dict[str, torch.Tensor] = {}  # loss sums since the last log line
         self._acc_n = 0
         self.last_losses: dict[str, float] = {}
@@ -212,6 +216,7 @@ class Trainer:
         self.load_state(load_checkpoint(path))
         if self.rt.is_main:
             self.stats.truncate_after(self.step)
+            self.evals.truncate_after(self.step)
         return path
 
     # ----- one step ----------------------------------------------------------------------
@@ -305,21 +310,43 @@ class Trainer:
         n = max(1, self.cfg.sample_count)
         return default_collate([self.dataset[k] for k in range(n)])
 
-    def save_samples(self) -> None:
-        if not self.rt.is_main:
-            return
-        # Sample through the raw networks: a rank-0-only call must not enter DDP collectives.
+    @contextlib.contextmanager
+    def _inference(self) -> Iterator[None]:
+        """The objective on its raw networks in eval mode, with averaged weights, without gradients."""
+        # Raw networks: a rank-0-only call must not enter DDP collectives.
         self.obj.bind(self.raw)
         for net in self.raw.values():
             net.eval()
         try:
-            with torch.no_grad(), self.rt.autocast(), self.averaged():
-                images = self.obj.sample(self.rt.to_device(self._sample_batch()))
-            save_grid(images, self.run_dir / "samples" / f"step-{self.step:08d}.png")
+            with torch.no_grad(), self.averaged():
+                yield
         finally:
             for net in self.raw.values():
                 net.train()
             self.obj.bind(self.wrapped)
+
+    def save_samples(self) -> None:
+        if not self.rt.is_main:
+            return
+        with self._inference(), self.rt.autocast():
+            images = self.obj.sample(self.rt.to_device(self._sample_batch()))
+        save_grid(images, self.run_dir / "samples" / f"step-{self.step:08d}.png")
+
+    def evaluate(self) -> dict[str, Any] | None:
+        """The objective's held-out figures now (rank 0; None without any), also one eval.jsonl line."""
+        if not self.rt.is_main or not hasattr(self.obj, "evaluate"):
+            return None
+        # Its own RNG stream: evaluating must not shift training's (exact resume).
+        with torch.random.fork_rng(devices=[]), self._inference():
+            figures = self.obj.evaluate()
+        if figures:
+            self.evals.write({"step": self.step, **flatten_figures(figures)})
+            if not self.quiet:
+                describe = getattr(self.obj, "describe", None)
+                line = describe(figures) if describe else ", ".join(f"{k}={v:.4g}" for k, v in
+                                                                    flatten_figures(figures).items())
+                tqdm.write(f"evaluation at step {self.step}: {line}")
+        return figures
 
     def export(self) -> list[Path]:
         if not self.rt.is_main:
@@ -388,6 +415,8 @@ class Trainer:
                 t0, s0 = time.perf_counter(), self.step
             if self._due(self.cfg.sample_every):
                 self.save_samples()
+            if self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0 and self.step < self.total:
+                self.evaluate()  # the last step's evaluation is the run's eval.json (launch)
             early = self.step >= stop_at or self._must_stop(started, request)
             if self._due(self.cfg.checkpoint_every) or (early and self.step < self.total):
                 self.checkpoint()
