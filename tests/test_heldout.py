@@ -88,13 +88,23 @@ def test_evaluating_does_not_change_what_the_run_trains(domains: tuple[Path, Pat
     assert all(torch.equal(x[n][k], y[n][k]) for n in x for k in x[n])  # bit for bit
 
 
-def test_cut_run_scores_its_one_direction(domains: tuple[Path, Path], tests_ab: tuple[Path, Path],
-                                          tmp_path: Path) -> None:
-    values = {**TINY_CUT, **held_out(tests_ab, False)}
-    run_dir = run(request(*domains, tmp_path / "runs", objective="cut", **values))
-    assert run_dir is not None
+def test_cut_cli_run_scores_its_one_direction_and_says_so(domains: tuple[Path, Path], tests_ab: tuple[Path, Path],
+                                                           tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    a, b = domains
+    sets = [x for k, v in TINY_CUT.items() for x in ("--set", f"{k}={v}")]
+    code = run_cli(["train", "cut", "--a", str(a), "--b", str(b), "--test-a", str(tests_ab[0]),
+                    "--test-b", str(tests_ab[1]), "--out", str(tmp_path / "runs"), "--steps", "4", *sets,
+                    "--set", f"test_judge={JUDGE}", "--set", "test_fid=false"])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    run_dir = next((tmp_path / "runs").iterdir())
     final = json.loads((run_dir / "eval.json").read_text())
     assert set(final) == {"AtoB", "fid_skipped"} and 0.0 <= final["AtoB"]["judge_target_share"] <= 1.0
+    share = final["AtoB"]["identity"]["judge_target_share"]
+    assert f"evaluation at step 4: AtoB judge {final['AtoB']['judge_target_share']:.0%} (identity judge {share:.0%})" \
+        in err
+    config = json.loads((run_dir / "config.json").read_text())["model"]
+    assert config["test_a"] == str(tests_ab[0]) and config["test_judge"] == JUDGE  # resume scores the same way
 
 
 @pytest.mark.parametrize("case", ["only_a", "missing"])

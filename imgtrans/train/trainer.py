@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -345,7 +346,7 @@ class Trainer:
                 describe = getattr(self.obj, "describe", None)
                 line = describe(figures) if describe else ", ".join(f"{k}={v:.4g}" for k, v in
                                                                     flatten_figures(figures).items())
-                tqdm.write(f"evaluation at step {self.step}: {line}")
+                tqdm.write(f"evaluation at step {self.step}: {line}", file=sys.stderr)  # beside the bar
         return figures
 
     def export(self) -> list[Path]:
