@@ -110,6 +110,20 @@ def test_lr_follows_schedule_each_step(tmp_path: Path) -> None:
     assert seen == pytest.approx([0.1, 0.1, 0.1, 0.05])
 
 
+def test_sec_per_step_excludes_samples_and_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+    import time
+
+    trainer = make_trainer(tmp_path, Toy(), steps=4, log_every=2, sample_every=2, checkpoint_every=100)
+    monkeypatch.setattr(trainer, "save_samples", lambda: time.sleep(0.5))
+    trainer.fit()
+    lines = [json.loads(x) for x in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    # Step 2's samples run after its line is written, so their time belongs to the next window.
+    assert lines[0]["sec_other"] == 0.0
+    assert lines[1]["sec_other"] >= 0.5
+    assert lines[1]["sec_per_step"] < 0.25  # two toy steps, without the half-second of samples
+
+
 def test_stats_samples_and_export_written(tmp_path: Path) -> None:
     import json
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -193,6 +194,73 @@ def _score(result: np.ndarray, real: np.ndarray, truth: np.ndarray, mask: np.nda
             "landmark_error": NO_FACE_ERROR if err is None else err}, err is None
 
 
+@dataclass
+class HeldOutFaces:
+    """Aligned held-out faces: the photos, their eye landmarks and same-identity exemplars (or None)."""
+
+    photos: int  # held-out photos asked for, with or without a detected face
+    reals: list[np.ndarray]
+    truths: list[np.ndarray]
+    exemplars: list[np.ndarray | None]
+
+
+def _held_out_faces(root: Path, max_faces: int, size: int) -> HeldOutFaces:
+    pairs = held_out_pairs(root, max_faces)
+    files = [r.file for p in pairs for r in p if r is not None]
+    landmarks = face_data.detect_landmarks(files)  # module attribute: tests substitute it
+    loaded = [(_aligned(t, landmarks, size), _aligned(e, landmarks, size) if e is not None else None)
+              for t, e in pairs]
+    usable = [(t, e) for t, e in loaded if t is not None]
+    if not usable:
+        raise UserError(f"{root}: no face found in any of {len(pairs)} held-out photos")
+    return HeldOutFaces(len(pairs), [t[0] for t, _ in usable], [t[1] for t, _ in usable],
+                        [e[0] if e is not None else None for _, e in usable])
+
+
+def _fill(faces: HeldOutFaces, inpainter: Any, boxes: np.ndarray, mask: np.ndarray,
+          say: Callable[[str], None]) -> dict[str, list[np.ndarray]]:
+    """Each system's filled faces: the model (when given) and the baselines."""
+    reals = faces.reals
+    # The paste baseline needs a donor for every face: another held-out person when there is no
+    # second photo of the same one (worse eyes, but still real eyes).
+    donors = [e if e is not None else reals[(i + 1) % len(reals)] for i, e in enumerate(faces.exemplars)]
+    outputs: dict[str, list[np.ndarray]] = {}
+    if inpainter is not None:
+        say(f"in-painting {len(reals)} faces")
+        outputs["model"] = list(inpainter.inpaint(np.stack(reals), np.repeat(boxes[None], len(reals), 0),
+                                                  faces.exemplars))
+    say("baselines")
+    outputs["flat"] = [flat_fill(f, mask) for f in reals]
+    outputs["telea"] = [telea_fill(f, mask) for f in reals]
+    outputs["exemplar_paste"] = [paste_fill(f, mask, d) for f, d in zip(reals, donors)]
+    return outputs
+
+
+def _systems(outputs: dict[str, list[np.ndarray]], faces: HeldOutFaces, mask: np.ndarray, boxes: np.ndarray,
+             detector: Detector, say: Callable[[str], None]) -> dict[str, Any]:
+    """Every system's mean figures, and the real row (the detector's error on the untouched faces)."""
+    systems: dict[str, Any] = {}
+    for name, results in outputs.items():
+        say(f"scoring {name}")
+        scored = [_score(r, f, t, mask, boxes, detector) for r, f, t in zip(results, faces.reals, faces.truths)]
+        systems[name] = _summary([s for s, _ in scored], sum(missed for _, missed in scored))
+    say("scoring real")
+    errors = [landmark_error(detector, f, t) for f, t in zip(faces.reals, faces.truths)]
+    systems[REAL] = {"ssim_eyes": None, "l1_mask": None, "psnr_mask": None, "l1_face": None,
+                     "landmark_error": float(np.mean([NO_FACE_ERROR if e is None else e for e in errors])),
+                     "no_face": sum(e is None for e in errors)}
+    return systems
+
+
+def _sheet(path: str | Path, outputs: dict[str, list[np.ndarray]], reals: list[np.ndarray], mask: np.ndarray) -> str:
+    rows = []
+    for i in range(min(SHEET_FACES, len(reals))):
+        masked = reals[i].copy()
+        masked[mask > 0.5] = 128
+        rows.append([masked, *(outputs[s][i] for s in outputs), reals[i]])
+    return str(contact_sheet(rows, path, ["masked", *outputs, REAL]))
+
+
 def evaluate_eyes(model: str | Path | None, faces: str | Path, max_faces: int = 100,
                   classifier: str | Path | None = None, sheet: str | Path | None = None, device: str = "cpu",
                   detector: Detector | None = None,
@@ -220,63 +288,25 @@ def evaluate_eyes(model: str | Path | None, faces: str | Path, max_faces: int = 
     mask = box_mask(size, boxes)
 
     say("reading held-out faces")
-    pairs = held_out_pairs(root, max_faces)
-    files = [r.file for p in pairs for r in p if r is not None]
-    landmarks = face_data.detect_landmarks(files)  # module attribute: tests substitute it
-    loaded = [(_aligned(t, landmarks, size), _aligned(e, landmarks, size) if e is not None else None)
-              for t, e in pairs]
-    usable = [(t, e) for t, e in loaded if t is not None]
-    if not usable:
-        raise UserError(f"{root}: no face found in any of {len(pairs)} held-out photos")
-    reals = [t[0] for t, _ in usable]
-    truths = [t[1] for t, _ in usable]
-    exemplars = [e[0] if e is not None else None for _, e in usable]
-    # The paste baseline needs a donor for every face: another held-out person when there is no
-    # second photo of the same one (worse eyes, but still real eyes).
-    donors = [e if e is not None else reals[(i + 1) % len(reals)] for i, e in enumerate(exemplars)]
-
-    outputs: dict[str, list[np.ndarray]] = {}
-    if inpainter is not None:
-        say(f"in-painting {len(reals)} faces")
-        outputs["model"] = list(inpainter.inpaint(np.stack(reals), np.repeat(boxes[None], len(reals), 0), exemplars))
-    say("baselines")
-    outputs["flat"] = [flat_fill(f, mask) for f in reals]
-    outputs["telea"] = [telea_fill(f, mask) for f in reals]
-    outputs["exemplar_paste"] = [paste_fill(f, mask, d) for f, d in zip(reals, donors)]
-
-    systems: dict[str, Any] = {}
-    for name, results in outputs.items():
-        say(f"scoring {name}")
-        scored = [_score(r, f, t, mask, boxes, detector) for r, f, t in zip(results, reals, truths)]
-        systems[name] = _summary([s for s, _ in scored], sum(missed for _, missed in scored))
-    say("scoring real")
-    errors = [landmark_error(detector, f, t) for f, t in zip(reals, truths)]
-    systems[REAL] = {"ssim_eyes": None, "l1_mask": None, "psnr_mask": None, "l1_face": None,
-                     "landmark_error": float(np.mean([NO_FACE_ERROR if e is None else e for e in errors])),
-                     "no_face": sum(e is None for e in errors)}
-
-    same = sum(e is not None for e in exemplars)
+    held = _held_out_faces(root, max_faces, size)
+    outputs = _fill(held, inpainter, boxes, mask, say)
+    n, same = len(held.reals), sum(e is not None for e in held.exemplars)
     result: dict[str, Any] = {
         "model": {"source": str(model) if model is not None else None, "size": size,
                   "steps": inpainter.meta.get("steps") if inpainter is not None else None},
-        "data": {"faces": str(root), "held_out_photos": len(pairs), "evaluated": len(reals),
-                 "no_landmarks": len(pairs) - len(reals)},
-        "exemplars": {"same_identity": same, "other_identity": len(reals) - same,
+        "data": {"faces": str(root), "held_out_photos": held.photos, "evaluated": n,
+                 "no_landmarks": held.photos - n},
+        "exemplars": {"same_identity": same, "other_identity": n - same,
                       "note": "model gets a same-identity exemplar or none; exemplar_paste uses another "
                               "held-out person's face where the identity has no second photo"},
         "metrics": {"l1": "mean |result - real| in 0..255 levels", "psnr_cap_db": PSNR_CAP,
                     "ssim_kernel": SSIM_KERNEL, "upsample": UPSAMPLE, "no_face_error": NO_FACE_ERROR},
-        "systems": systems,
+        "systems": _systems(outputs, held, mask, boxes, detector, say),
     }
     if classifier is not None:
         result["closed_eyes"] = closed_eye_shares(root / "closed_eyes", classifier, inpainter, detector, say)
     if sheet is not None:
-        rows = []
-        for i in range(min(SHEET_FACES, len(reals))):
-            masked = reals[i].copy()
-            masked[mask > 0.5] = 128
-            rows.append([masked, *(outputs[s][i] for s in outputs), reals[i]])
-        result["sheet"] = str(contact_sheet(rows, sheet, ["masked", *outputs, REAL]))
+        result["sheet"] = _sheet(sheet, outputs, held.reals, mask)
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
 

@@ -176,6 +176,57 @@ def real_row(bank: FeatureBank, target: str, targets: Images, train: Images | No
 
 
 # ----- the evaluation ------------------------------------------------------------------------
+Translators = dict[str, Translator]  # direction -> translator
+
+
+def _translators(nets: dict[str, LoadedGenerator], size: int | str, keep_detail: bool, device: str,
+                 seed: int) -> tuple[dict[str, int], Translators, Translators]:
+    """Each direction's run size, its model translator and an untrained one of the same settings."""
+    sizes = {d: run_size(size, g.meta) for d, g in nets.items()}
+    # Figures are of the weights, not of a device's reduced-precision arithmetic: always fp32.
+    configs = {d: TranslateConfig(size=sizes[d], precision="fp32", keep_detail=keep_detail) for d in nets}
+    models = {d: Translator(g.net, g.meta, device=device, config=configs[d]) for d, g in nets.items()}
+    untrained = {d: Translator(untrained_like(g.meta["arch"], seed + i), device=device, config=configs[d])
+                 for i, (d, g) in enumerate(nets.items())}
+    return sizes, models, untrained
+
+
+def _reference(folder: str | Path | None, targets: Images, train: Images | None) -> dict[str, Any]:
+    """What the real row compares: the target test images against train images, or its halves."""
+    if train is not None:
+        return {"kind": "train", "folder": str(folder), "sizes": [len(targets), len(train)]}
+    return {"kind": "halves", "folder": None, "sizes": [len(targets[0::2]), len(targets[1::2])]}
+
+
+def _direction(d: str, test: dict[str, Images], models: Translators, untrained: Translators, bank: FeatureBank,
+               train_folder: str | Path | None, say: Callable[[str], None]) -> tuple[dict[str, Any], list[Images]]:
+    """One direction's entry (every system scored against the target test images) and its sheet columns."""
+    src, tgt = DIRECTIONS[d]
+    inputs, targets = test[src], test[tgt]
+    say(f"{d}: translating {len(inputs)} images (model, untrained)")
+    outputs = {"model": translate_all(models[d], inputs), "identity": inputs,
+               "untrained": translate_all(untrained[d], inputs)}
+    keys = {"model": f"{d}/model", "identity": f"test_{src}", "untrained": f"{d}/untrained"}
+    rec: dict[str, Images | None] = {"model": None, "identity": inputs, "untrained": None}
+    back = REVERSE[d]
+    if back in models:
+        say(f"{d}: cycle back through {back}")
+        rec["model"] = translate_all(models[back], outputs["model"])
+        rec["untrained"] = translate_all(untrained[back], outputs["untrained"])
+    say(f"{d}: scoring")
+    systems = {}
+    for s in SYSTEMS:
+        figures = score(bank, keys[s], outputs[s], tgt, f"test_{tgt}", targets)
+        figures["cycle_l1"] = cycle_l1(inputs, rec[s]) if rec[s] is not None else None  # type: ignore[arg-type]
+        systems[s] = figures
+    train = load_set(train_folder, f"{tgt} train", len(inputs)) if train_folder is not None else None
+    systems[REAL] = real_row(bank, tgt, targets, train)
+    entry = {"source_domain": src, "target_domain": tgt, "inputs": len(inputs), "targets": len(targets),
+             "reference": _reference(train_folder, targets, train), "systems": systems}
+    columns = [inputs, outputs["model"], outputs["untrained"]] + ([rec["model"]] if rec["model"] is not None else [])
+    return entry, columns
+
+
 def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge: str | Path | None = None,
                          directions: Sequence[str] | None = None, max_images: int = 0, device: str = "auto",
                          fid: bool = True, a_train: str | Path | None = None, b_train: str | Path | None = None,
@@ -206,13 +257,7 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
     say("reading test images")
     test = {"A": load_set(a, "A", max_images), "B": load_set(b, "B", max_images)}
     trains = {"A": a_train, "B": b_train}
-    sizes = {d: run_size(size, g.meta) for d, g in nets.items()}
-    # Figures are of the weights, not of a device's reduced-precision arithmetic: always fp32.
-    configs = {d: TranslateConfig(size=sizes[d], precision="fp32", keep_detail=keep_detail) for d in nets}
-    translators = {d: Translator(g.net, g.meta, device=device, config=configs[d]) for d, g in nets.items()}
-    untrained = {d: Translator(untrained_like(g.meta["arch"], seed + i), device=device, config=configs[d])
-                 for i, (d, g) in enumerate(nets.items())}
-
+    sizes, models, untrained = _translators(nets, size, keep_detail, device, seed)
     result: dict[str, Any] = {
         "model": {"source": str(model), "directions": {d: g.source for d, g in nets.items()},
                   "unavailable": missing, "arch": next(iter(nets.values())).meta.get("arch"),
@@ -224,38 +269,9 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
     }
     rows: list[Images] = []
     for d in evaluated:
-        src, tgt = DIRECTIONS[d]
-        inputs, targets = test[src], test[tgt]
-        say(f"{d}: translating {len(inputs)} images (model, untrained)")
-        outputs = {"model": translate_all(translators[d], inputs), "identity": inputs,
-                   "untrained": translate_all(untrained[d], inputs)}
-        keys = {"model": f"{d}/model", "identity": f"test_{src}", "untrained": f"{d}/untrained"}
-        rec: dict[str, Images | None] = {"model": None, "identity": inputs, "untrained": None}
-        back = REVERSE[d]
-        if back in nets:
-            say(f"{d}: cycle back through {back}")
-            rec["model"] = translate_all(translators[back], outputs["model"])
-            rec["untrained"] = translate_all(untrained[back], outputs["untrained"])
-        say(f"{d}: scoring")
-        target_key = f"test_{tgt}"
-        systems = {}
-        for s in SYSTEMS:
-            figures = score(bank, keys[s], outputs[s], tgt, target_key, targets)
-            figures["cycle_l1"] = cycle_l1(inputs, rec[s]) if rec[s] is not None else None  # type: ignore[arg-type]
-            systems[s] = figures
-        train = load_set(trains[tgt], f"{tgt} train", len(inputs)) if trains[tgt] is not None else None
-        systems[REAL] = real_row(bank, tgt, targets, train)
-        if train is not None:
-            reference = {"kind": "train", "folder": str(trains[tgt]), "sizes": [len(targets), len(train)]}
-        else:
-            reference = {"kind": "halves", "folder": None, "sizes": [len(targets[0::2]), len(targets[1::2])]}
-        result["directions"][d] = {
-            "source_domain": src, "target_domain": tgt, "inputs": len(inputs), "targets": len(targets),
-            "reference": reference, "systems": systems,
-        }
-        for i in range(min(sheet_images, len(inputs))):
-            row = [inputs[i], outputs["model"][i], outputs["untrained"][i]]
-            rows.append(row + ([rec["model"][i]] if rec["model"] is not None else []))
+        entry, columns = _direction(d, test, models, untrained, bank, trains[DIRECTIONS[d][1]], say)
+        result["directions"][d] = entry
+        rows += [[column[i] for column in columns] for i in range(min(sheet_images, entry["inputs"]))]
     if sheet is not None and rows:
         say(f"writing {sheet}")
         result["sheet"] = str(contact_sheet(rows, sheet, ["input", "model", "untrained", "model reconstructed"]))

@@ -289,7 +289,7 @@ class Trainer:
     def _due(self, every: int) -> bool:
         return self.step == self.total or (every > 0 and self.step % every == 0)
 
-    def _log(self, seconds: float, steps: int, bar: tqdm) -> None:
+    def _log(self, seconds: float, other: float, steps: int, bar: tqdm) -> None:
         sums = {k: v / max(1, self._acc_n) for k, v in sorted(self._acc.items())}
         losses = {k: float(v) for k, v in zip(sums, self.rt.mean(list(sums.values())))}
         self._acc, self._acc_n = {}, 0
@@ -301,6 +301,8 @@ class Trainer:
             "lr": {p.name: p.lr * self._lr_factor(p, self.step - 1) for p in self.phases},
             **{f"loss/{k}": round(v, 6) for k, v in losses.items()},
             "sec_per_step": round(seconds / max(1, steps), 4),
+            # Samples, evaluations and checkpoints since the last line, kept out of sec_per_step.
+            "sec_other": round(other, 3),
             "nonfinite_steps": self.nonfinite,
         }
         if self.rt.is_main:
@@ -407,19 +409,26 @@ class Trainer:
 
     def _run(self, stop_at: int, request: StopRequest, bar: tqdm) -> None:
         started = time.monotonic()
-        t0, s0 = time.perf_counter(), self.step
+        t0, s0, other = time.perf_counter(), self.step, 0.0
         for batch in self._loader():
             self.train_step(self.rt.to_device(batch))
             bar.update(1)
             if self._due(self.cfg.log_every):
-                self._log(time.perf_counter() - t0, self.step - s0, bar)
-                t0, s0 = time.perf_counter(), self.step
-            if self._due(self.cfg.sample_every):
-                self.save_samples()
-            if self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0 and self.step < self.total:
-                self.evaluate()  # the last step's evaluation is the run's eval.json (launch)
-            early = self.step >= stop_at or self._must_stop(started, request)
-            if self._due(self.cfg.checkpoint_every) or (early and self.step < self.total):
-                self.checkpoint()
+                self._log(time.perf_counter() - t0 - other, other, self.step - s0, bar)
+                t0, s0, other = time.perf_counter(), self.step, 0.0
+            busy = time.perf_counter()
+            early = self._housekeeping(stop_at, started, request)
+            other += time.perf_counter() - busy
             if early:
                 break
+
+    def _housekeeping(self, stop_at: int, started: float, request: StopRequest) -> bool:
+        """Samples, evaluation and checkpoint due after this step; True when training stops here."""
+        if self._due(self.cfg.sample_every):
+            self.save_samples()
+        if self.cfg.eval_every > 0 and self.step % self.cfg.eval_every == 0 and self.step < self.total:
+            self.evaluate()  # the last step's evaluation is the run's eval.json (launch)
+        early = self.step >= stop_at or self._must_stop(started, request)
+        if self._due(self.cfg.checkpoint_every) or (early and self.step < self.total):
+            self.checkpoint()
+        return early
