@@ -325,13 +325,29 @@ def weights_import(path: str, name: str, direction: str | None) -> None:
     click.echo(f"imported {path} as {name!r} -> {out}")
 
 
+def _cpu_hours(value: str, export: Path) -> float:
+    """A number of hours, or "auto": the logged cost of the run the export came from."""
+    if value != "auto":
+        try:
+            return float(value)
+        except ValueError:
+            raise UserError(f"--cpu-hours {value!r}: give a number of hours or 'auto'") from None
+    from imgtrans.train.records import run_cost
+
+    cost = run_cost(export.resolve().parent.parent / "stats.jsonl")  # RUN/export/NAME.safetensors
+    note = f"; {cost.unthreaded} lines without a thread count taken as 1 thread" if cost.unthreaded else ""
+    click.echo(f"cost of {cost.steps} steps: {cost.hours:.2f} h wall, {cost.cpu_hours:.2f} CPU hours{note}")
+    return round(cost.cpu_hours, 2)
+
+
 @weights.command("ship")
 @click.argument("export", type=click.Path(exists=True, dir_okay=False))
 @click.option("--name", required=True, help="manifest name (e.g. horse2zebra)")
 @click.option("--folder", type=click.Path(file_okay=False), help="weights folder (default: this repository's weights/)")
 @click.option("--data", "data", required=True, help="what it was trained on")
 @click.option("--command", "command", required=True, help="the exact command that reproduces it")
-@click.option("--cpu-hours", type=float, required=True, help="training cost")
+@click.option("--cpu-hours", required=True, metavar="HOURS|auto",
+              help="training cost; auto: summed from the stats.jsonl of the export's run folder")
 @click.option("--metrics", "metrics_file", type=click.Path(exists=True, dir_okay=False),
               help="JSON object of its eval figures, stored as the entry's metrics")
 @click.option("--licence", default="", help="terms the training data puts on the weights")
@@ -339,7 +355,7 @@ def weights_import(path: str, name: str, direction: str | None) -> None:
 @click.option("--no-fp16", is_flag=True, help="store float32 even where fp16 is lossless")
 @click.option("--default-size", metavar="N|train", help="the --size `imgtrans translate` uses unless told")
 @click.option("--default-keep-detail", is_flag=True, help="`imgtrans translate` keeps detail unless told not to")
-def weights_ship(export: str, name: str, folder: str | None, data: str, command: str, cpu_hours: float,
+def weights_ship(export: str, name: str, folder: str | None, data: str, command: str, cpu_hours: str,
                  metrics_file: str | None, licence: str, note: str, no_fp16: bool, default_size: str | None,
                  default_keep_detail: bool) -> None:
     """Add an exported generator to a weights folder (fp16 when no output moves by 1/255) with its
@@ -349,7 +365,7 @@ def weights_ship(export: str, name: str, folder: str | None, data: str, command:
     from imgtrans.ship import ShipRequest, ship
     from imgtrans.weights import repo_weights_dir, run_size
 
-    fields: dict[str, Any] = {"data": data, "command": command, "cpu_hours": cpu_hours}
+    fields: dict[str, Any] = {"data": data, "command": command, "cpu_hours": _cpu_hours(cpu_hours, Path(export))}
     if metrics_file:
         try:
             fields["metrics"] = json.loads(Path(metrics_file).read_text())

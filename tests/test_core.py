@@ -122,6 +122,13 @@ def test_sec_per_step_excludes_samples_and_checkpoints(tmp_path: Path, monkeypat
     assert lines[0]["sec_other"] == 0.0
     assert lines[1]["sec_other"] >= 0.5
     assert lines[1]["sec_per_step"] < 0.25  # two toy steps, without the half-second of samples
+    assert lines[0]["threads"] == torch.get_num_threads()
+    from imgtrans.train.records import run_cost
+
+    cost = run_cost(tmp_path / "stats.jsonl")
+    wall = sum(x["sec_per_step"] * 2 + x["sec_other"] for x in lines)
+    assert cost.steps == 4 and cost.unthreaded == 0
+    assert cost.hours == pytest.approx(wall / 3600) and cost.cpu_hours == pytest.approx(wall * torch.get_num_threads() / 3600)
 
 
 def test_stats_samples_and_export_written(tmp_path: Path) -> None:

@@ -164,3 +164,26 @@ def test_recorded_run_settings_apply_to_translate_unless_overridden(tmp_path: Pa
 
     assert imgtrans.load("tiny2b", device="cpu").config == recorded.config
     assert imgtrans.load("tiny2b", device="cpu", size=0).config == native.config
+
+
+def test_cpu_hours_auto_sums_the_runs_stats(tmp_path: Path, dirs: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = export(tmp_path)
+    base = ["weights", "ship", str(path), "--name", "tiny2b", "--data", "d", "--command", "c", "--cpu-hours"]
+    assert run_cli([*base, "auto"]) == 2  # no stats.jsonl beside the export's run folder
+    assert "stats.jsonl: not found" in capsys.readouterr().err
+    lines = [  # an old line (no threads, no sec_other), then two of a run at 2 threads
+        {"step": 10, "sec_per_step": 0.9},
+        {"step": 20, "sec_per_step": 1.0, "sec_other": 36.0, "threads": 2},
+        {"step": 30, "sec_per_step": 1.8, "sec_other": 0.0, "threads": 2},
+    ]
+    (tmp_path / "run" / "stats.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    assert run_cli([*base, "auto"]) == 0
+    wall = 9 + (10 + 36) + 18
+    assert read_manifest(dirs)[0]["cpu_hours"] == round((9 + 2 * (46 + 18)) / 3600, 2)
+    out = capsys.readouterr().out
+    assert f"{wall / 3600:.2f} h wall" in out and "1 lines without a thread count" in out
+    assert run_cli([*base, "lots"]) == 2
+    assert "give a number of hours or 'auto'" in capsys.readouterr().err
+    (tmp_path / "run" / "stats.jsonl").write_text('{"step": 10}\n')
+    assert run_cli([*base, "auto"]) == 2
+    assert "stats.jsonl:1: not a stats line" in capsys.readouterr().err

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torchvision.utils import make_grid, save_image
 
+from imgtrans.errors import UserError
 from imgtrans.io import atomic_write
 
 RUN_RE = re.compile(r"^(\d{5})-")
@@ -48,6 +50,39 @@ class StatsLog:
     def write(self, record: dict[str, Any]) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+@dataclass(frozen=True)
+class RunCost:
+    """What a run's kept training took, from its stats.jsonl (resumed legs included)."""
+
+    steps: int  # the last logged step
+    hours: float  # wall-clock hours of training steps, samples, evaluations and checkpoints
+    cpu_hours: float  # the same, times the threads of every process
+    unthreaded: int  # lines written before threads were logged, counted at one thread
+
+
+def run_cost(stats: Path) -> RunCost:
+    """Sum the logged windows of `stats` (one line per log_every steps; sec_other where logged)."""
+    if not stats.is_file():
+        raise UserError(f"{stats}: not found; a run's cost is read from the stats.jsonl beside its export")
+    step = 0
+    hours = cpu_hours = 0.0
+    unthreaded = 0
+    for n, line in enumerate(stats.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            seconds = rec["sec_per_step"] * (rec["step"] - step) + rec.get("sec_other", 0.0)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UserError(f"{stats}:{n}: not a stats line (step, sec_per_step)") from None
+        threads = rec.get("threads")
+        unthreaded += threads is None
+        hours += seconds / 3600
+        cpu_hours += seconds * (threads or 1) / 3600
+        step = rec["step"]
+    return RunCost(step, hours, cpu_hours, unthreaded)
 
 
 def flatten_figures(figures: dict[str, Any], prefix: str = "") -> dict[str, float]:

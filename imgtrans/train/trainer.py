@@ -303,6 +303,7 @@ class Trainer:
             "sec_per_step": round(seconds / max(1, steps), 4),
             # Samples, evaluations and checkpoints since the last line, kept out of sec_per_step.
             "sec_other": round(other, 3),
+            "threads": torch.get_num_threads() * self.rt.world_size,  # CPU threads of all processes
             "nonfinite_steps": self.nonfinite,
         }
         if self.rt.is_main:
