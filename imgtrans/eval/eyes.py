@@ -205,6 +205,7 @@ class HeldOutFaces:
 
 
 def _held_out_faces(root: Path, max_faces: int, size: int) -> HeldOutFaces:
+    """One photo per held-out identity (and a second as exemplar), aligned at `size`; faceless ones left out."""
     pairs = held_out_pairs(root, max_faces)
     files = [r.file for p in pairs for r in p if r is not None]
     landmarks = face_data.detect_landmarks(files)  # module attribute: tests substitute it
