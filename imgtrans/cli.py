@@ -25,9 +25,11 @@ class TrainGroup(click.Group):
     """`imgtrans train NAME`: one subcommand per registered objective, built on demand."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return objective_names()
+        return [*objective_names(), *sorted(self.commands)]
 
     def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name in self.commands:  # tools for runs (e.g. `compact`), beside the objectives
+            return self.commands[name]
         if name not in objective_names():
             return None
         return _train_command(name)
@@ -36,6 +38,22 @@ class TrainGroup(click.Group):
 @cli.group(cls=TrainGroup)
 def train() -> None:
     """Train a model on your own folders (run under torchrun for several processes)."""
+
+
+@train.command("compact")
+@click.argument("run_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("dest", type=click.Path(file_okay=False))
+def train_compact(run_dir: str, dest: str) -> None:
+    """Copy RUN_DIR's newest checkpoint to DEST, in fp16 and without optimizer state (1/5 the size).
+
+    DEST is a run folder: `imgtrans train NAME --resume DEST` continues at the same step and
+    learning rate, with fresh optimizers and image pools. Keep it where the run's own
+    checkpoints may be lost (e.g. commit it).
+    """
+    from imgtrans.train.compact import compact_run
+
+    path = compact_run(run_dir, dest)
+    click.echo(f"{run_dir} -> {path} ({path.stat().st_size / 1e6:.1f} MB); continue with --resume {dest}")
 
 
 def _data_options(name: str) -> list[click.Option]:

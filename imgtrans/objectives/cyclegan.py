@@ -146,7 +146,8 @@ class CycleGAN(ScoresHeldOut, ObjectiveBase):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = next(self._nets["G_AB"].parameters()).device
         for k, p in self.pools.items():
-            p.load_state_dict(state[f"pool_{k}"], device)
+            if f"pool_{k}" in state:  # absent in a compact checkpoint: the pool refills as it trains
+                p.load_state_dict(state[f"pool_{k}"], device)
 
     def export(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
         out = {}

@@ -99,7 +99,9 @@ def run(req: RunRequest) -> Path | None:
         if req.resume:
             path = trainer.resume(run_dir)
             if rt.is_main and not req.quiet:
-                print(f"resuming {run_dir} from {path.name} (step {trainer.step}/{trainer.total})", file=sys.stderr)
+                fresh = "; compact checkpoint: the optimizers start fresh" if trainer.resumed_compact else ""
+                print(f"resuming {run_dir} from {path.name} (step {trainer.step}/{trainer.total}){fresh}",
+                      file=sys.stderr)
             if trainer.step >= trainer.total:
                 raise UserError(f"{run_dir} already finished {trainer.step} steps; pass --steps N (N > "
                                 f"{trainer.step}) to train longer")

@@ -27,6 +27,7 @@ from imgtrans.train.checkpoint import (
     save_export,
     set_rng_state,
 )
+from imgtrans.train.compact import is_compact, widen
 from imgtrans.train.ema import WeightAverage
 from imgtrans.train.objective import Objective, Phase
 from imgtrans.train.records import StatsLog, flatten_figures, save_grid
@@ -117,6 +118,7 @@ class Trainer:
                             "use a multiple of the process count")
         self.obj, self.cfg, self.rt, self.run_dir = objective, cfg, runtime, run_dir
         self.meta, self.quiet = meta or {}, quiet
+        self.resumed_compact = False  # set by resume(): a compact checkpoint's optimizers start fresh
         self.raw = objective.networks()
         self.wrapped = {name: runtime.prepare(net) for name, net in self.raw.items()}
         objective.bind(self.wrapped)
@@ -192,11 +194,14 @@ class Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
+        compact = is_compact(state)
+        if compact:  # fp16 weights and no optimizer state: the optimizers start fresh (train/compact.py)
+            state = widen(state)
         for name, net in self.raw.items():
             net.load_state_dict(state["nets"][name])
-        for name, opt in self.opts.items():
+        for name, opt in self.opts.items() if not compact else ():
             opt.load_state_dict(state["opts"][name])
-        for name, scaler in self.scalers.items():
+        for name, scaler in self.scalers.items() if not compact else ():
             scaler.load_state_dict(state["scalers"][name])
         if self.ema:
             # A run that switches averaging on at --resume starts it from the loaded weights.
@@ -214,7 +219,9 @@ class Trainer:
 
     def resume(self, run_dir: Path) -> Path:
         path = latest_checkpoint(run_dir)
-        self.load_state(load_checkpoint(path))
+        state = load_checkpoint(path)
+        self.resumed_compact = is_compact(state)
+        self.load_state(state)
         if self.rt.is_main:
             self.stats.truncate_after(self.step)
             self.evals.truncate_after(self.step)
