@@ -79,13 +79,20 @@ def test_compact_cli_message_on_resume(stopped_run: Path, tmp_path: Path, capsys
 def test_compact_replaces_only_an_earlier_compact_copy(stopped_run: Path, tmp_path: Path) -> None:
     kept = tmp_path / "kept"
     compact_run(stopped_run, kept)
-    (kept / "checkpoints" / "step-00000001.pt").write_bytes(b"stale")
-    compact_run(stopped_run, kept)  # an earlier copy is replaced whole
+    (kept / "stats.jsonl").write_text("")
+    compact_run(stopped_run, kept)  # an earlier, untouched copy is replaced whole
+    assert (kept / "stats.jsonl").read_text() == (stopped_run / "stats.jsonl").read_text()
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["step-00000003.pt"]
+    # A run continued inside the copy has made it training state of its own: refused, kept.
+    run(RunRequest(objective="cyclegan", values={}, resume=str(kept), quiet=True))
+    before = sorted(p.name for p in (kept / "checkpoints").iterdir())
+    with pytest.raises(UserError, match="not an untouched compact run copy"):
+        compact_run(stopped_run, kept)
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == before != ["step-00000003.pt"]
     other = tmp_path / "photos"
     other.mkdir()
     (other / "mine.jpg").write_bytes(b"user data")
-    with pytest.raises(UserError, match="exists and is not a compact run copy"):
+    with pytest.raises(UserError, match="exists and is not an untouched compact run copy"):
         compact_run(stopped_run, other)
     assert (other / "mine.jpg").read_bytes() == b"user data"
     with pytest.raises(UserError, match="is the run itself"):

@@ -61,19 +61,28 @@ def widen(state: dict[str, Any]) -> dict[str, Any]:
     return _map_floats(state, lambda t: t.float() if t.dtype == torch.float16 else t)
 
 
+def _untouched_copy(dest: Path) -> bool:
+    """Whether `dest` is a compact copy that no run has continued in (its checkpoint is the only one)."""
+    try:
+        step = int(json.loads((dest / MARKER).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return [p.name for p in (dest / "checkpoints").iterdir()] == [checkpoint_path(dest, step).name]
+
+
 def _check_dest(dest: Path, run_dir: Path) -> None:
     if dest.resolve() == run_dir.resolve():
         raise UserError(f"{dest}: is the run itself; pass a new folder for the compact copy")
-    if dest.exists() and any(dest.iterdir()) and not (dest / MARKER).is_file():
-        raise UserError(f"{dest}: exists and is not a compact run copy; pass a new or empty folder "
-                        "(a compact copy is only ever replaced by another)")
+    if dest.exists() and any(dest.iterdir()) and not _untouched_copy(dest):
+        raise UserError(f"{dest}: exists and is not an untouched compact run copy (a run may have continued "
+                        "in it); pass a new or empty folder")
 
 
 def compact_run(run_dir: str | Path, dest: str | Path) -> Path:
     """Write `run_dir`'s newest checkpoint as a compact copy in `dest`; returns the checkpoint path.
 
     `dest` becomes a run folder of its own: `--resume dest` continues the run. An earlier compact
-    copy in `dest` is replaced; any other existing content is refused, never overwritten.
+    copy in `dest` that no run has continued in is replaced; anything else is refused, never overwritten.
     """
     run, out = Path(run_dir), Path(dest)
     if not (run / "config.json").is_file():
