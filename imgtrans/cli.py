@@ -416,16 +416,18 @@ def eval_group() -> None:
 @click.option("--judge", help="domain judge: name, export or run folder (see `imgtrans eval train-judge`)")
 @click.option("--direction", "directions", multiple=True, type=click.Choice(["AtoB", "BtoA"]))
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="per folder; 0: all")
-@click.option("--size", "run_size", metavar="N|train", default="0",
-              help="run the networks at this short side (or the training size) and resize back; 0: native")
-@click.option("--keep-detail", is_flag=True, help="with --size: as `imgtrans translate --keep-detail`")
+@click.option("--size", "run_size", metavar="N|train",
+              help="run the networks at this short side (or the training size) and resize back; 0: native "
+                   "[default: a shipped model's recorded size, else 0]")
+@click.option("--keep-detail/--no-keep-detail", default=None,
+              help="with --size: as `imgtrans translate --keep-detail` [default: the model's recorded setting]")
 @click.option("--no-fid", is_flag=True, help="skip FID/KID (the Inception network is the slow part)")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="write every figure as JSON")
 @click.option("--sheet", type=click.Path(dir_okay=False), help="contact sheet PNG: inputs and outputs")
 @click.option("--device", default="auto", show_default=True)
 def eval_translate(model: str, a: str, b: str, a_train: str | None, b_train: str | None, judge: str | None,
-                   directions: tuple[str, ...], max_images: int, run_size: str, keep_detail: bool, no_fid: bool,
-                   json_path: str | None, sheet: str | None, device: str) -> None:
+                   directions: tuple[str, ...], max_images: int, run_size: str | None, keep_detail: bool | None,
+                   no_fid: bool, json_path: str | None, sheet: str | None, device: str) -> None:
     """Judge share, judge-space Frechet distance, cycle L1, FID and KID, beside the identity and
     untrained baselines."""
     import json

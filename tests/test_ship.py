@@ -164,6 +164,16 @@ def test_recorded_run_settings_apply_to_translate_unless_overridden(tmp_path: Pa
 
     assert imgtrans.load("tiny2b", device="cpu").config == recorded.config
     assert imgtrans.load("tiny2b", device="cpu", size=0).config == native.config
+    # So does `eval translate`: its figures are of what `translate -m tiny2b` gives, as the manifest's.
+    from imgtrans.eval.translate import evaluate_translation, format_table
+
+    scored = evaluate_translation("tiny2b", src, src, device="cpu", fid=False)
+    assert scored["model"]["run_size"] == {"AtoB": 36} and scored["model"]["keep_detail"] == {"AtoB": True}
+    assert scored["model"]["recorded_settings"] == {"AtoB": ["--size train", "--keep-detail"]}
+    assert "(run at short side AtoB 36 with detail kept)" in format_table(scored)
+    scored = evaluate_translation("tiny2b", src, src, device="cpu", fid=False, size=0)
+    assert scored["model"]["run_size"] == {"AtoB": 0} and scored["model"]["keep_detail"] == {"AtoB": False}
+    assert "run at" not in format_table(scored).splitlines()[0]
 
 
 def test_cpu_hours_auto_sums_the_runs_stats(tmp_path: Path, dirs: Path, capsys: pytest.CaptureFixture[str]) -> None:

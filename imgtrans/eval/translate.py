@@ -25,7 +25,7 @@ from imgtrans.nn import ResnetGenerator, init_weights
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.pipelines.translate import TranslateConfig, Translator
 from imgtrans.train.runtime import select_device
-from imgtrans.weights import LoadedGenerator, load_generator, run_size
+from imgtrans.weights import LoadedGenerator, load_generator, recorded_settings, run_size
 
 DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}  # direction -> (source domain, target domain)
 REVERSE = {"AtoB": "BtoA", "BtoA": "AtoB"}
@@ -179,16 +179,30 @@ def real_row(bank: FeatureBank, target: str, targets: Images, train: Images | No
 Translators = dict[str, Translator]  # direction -> translator
 
 
-def _translators(nets: dict[str, LoadedGenerator], size: int | str, keep_detail: bool, device: str,
-                 seed: int) -> tuple[dict[str, int], Translators, Translators]:
-    """Each direction's run size, its model translator and an untrained one of the same settings."""
-    sizes = {d: run_size(size, g.meta) for d, g in nets.items()}
+def _run_settings(nets: dict[str, LoadedGenerator], size: int | str | None,
+                  keep_detail: bool | None) -> dict[str, dict[str, Any]]:
+    """Each direction's run size and keep_detail: as given, else its model's recorded defaults.
+
+    The same rule as `imgtrans translate`, so `eval translate -m NAME` measures what a user of
+    NAME gets (and what its manifest figures were measured with) unless told otherwise.
+    """
+    settings = {}
+    for d, g in nets.items():
+        s, keep, used = recorded_settings(g.meta, size, keep_detail)
+        settings[d] = {"size": run_size(s, g.meta), "keep_detail": keep, "recorded": used}
+    return settings
+
+
+def _translators(nets: dict[str, LoadedGenerator], settings: dict[str, dict[str, Any]], device: str,
+                 seed: int) -> tuple[Translators, Translators]:
+    """Each direction's model translator and an untrained one of the same settings."""
     # Figures are of the weights, not of a device's reduced-precision arithmetic: always fp32.
-    configs = {d: TranslateConfig(size=sizes[d], precision="fp32", keep_detail=keep_detail) for d in nets}
+    configs = {d: TranslateConfig(size=settings[d]["size"], precision="fp32", keep_detail=settings[d]["keep_detail"])
+               for d in nets}
     models = {d: Translator(g.net, g.meta, device=device, config=configs[d]) for d, g in nets.items()}
     untrained = {d: Translator(untrained_like(g.meta["arch"], seed + i), device=device, config=configs[d])
                  for i, (d, g) in enumerate(nets.items())}
-    return sizes, models, untrained
+    return models, untrained
 
 
 def _reference(folder: str | Path | None, targets: Images, train: Images | None) -> dict[str, Any]:
@@ -231,7 +245,7 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
                          directions: Sequence[str] | None = None, max_images: int = 0, device: str = "auto",
                          fid: bool = True, a_train: str | Path | None = None, b_train: str | Path | None = None,
                          sheet: str | Path | None = None, sheet_images: int = 4, seed: int = 0,
-                         size: int | str = 0, keep_detail: bool = False,
+                         size: int | str | None = None, keep_detail: bool | None = None,
                          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score `model` on test folders `a` and `b`; returns a JSON-ready dict (see format_table).
 
@@ -242,7 +256,9 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
     contact sheet PNG (input | model | untrained | model reconstruction) of `sheet_images` per
     direction. `size`: run the networks at this short side and resize back ("train": each model's
     training size; 0: at the test images' own size), as `imgtrans translate --size`; `keep_detail`
-    as `imgtrans translate --keep-detail`. `progress` receives one line per stage.
+    as `imgtrans translate --keep-detail`; either left None takes the model's recorded default
+    (a shipped model's manifest "defaults"), else native size without. `progress` receives one
+    line per stage.
     """
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
@@ -257,11 +273,17 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
     say("reading test images")
     test = {"A": load_set(a, "A", max_images), "B": load_set(b, "B", max_images)}
     trains = {"A": a_train, "B": b_train}
-    sizes, models, untrained = _translators(nets, size, keep_detail, device, seed)
+    settings = _run_settings(nets, size, keep_detail)
+    models, untrained = _translators(nets, settings, device, seed)
+    for d, st in settings.items():
+        if st["recorded"]:
+            say(f"{d}: using {nets[d].meta.get('name', 'the model')}'s recorded settings {' '.join(st['recorded'])}")
     result: dict[str, Any] = {
         "model": {"source": str(model), "directions": {d: g.source for d, g in nets.items()},
                   "unavailable": missing, "arch": next(iter(nets.values())).meta.get("arch"),
-                  "run_size": sizes, "keep_detail": keep_detail},
+                  "run_size": {d: st["size"] for d, st in settings.items()},
+                  "keep_detail": {d: st["keep_detail"] for d, st in settings.items()},
+                  "recorded_settings": {d: st["recorded"] for d, st in settings.items()}},
         "judge": _judge_info(domain_judge, bank, test),
         "inception": {"used": inception is not None, "reason": why_no_fid},
         "data": {"a": str(a), "b": str(b), "images": {k: len(v) for k, v in test.items()}},
@@ -311,12 +333,18 @@ def _reference_note(direction: str, entry: dict[str, Any]) -> str:
     return f"{direction} real: test {tgt} halves ({ref['sizes'][0]} vs {ref['sizes'][1]} images; FID reads high on small sets)"
 
 
+def _run_note(model: dict[str, Any]) -> str:
+    """ " (run at short side AtoB 256, BtoA 160 with detail kept)", or "" at native size."""
+    keep = model.get("keep_detail", {})
+    scaled = ", ".join(f"{d} {n}" + (" with detail kept" if keep.get(d) else "")
+                       for d, n in model.get("run_size", {}).items() if n)
+    return f" (run at short side {scaled})" if scaled else ""
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text report: one row per direction x {model, identity, untrained, real}."""
     model = result["model"]
-    scaled = ", ".join(f"{d} {n}" for d, n in model.get("run_size", {}).items() if n)
-    lines = [f"model: {model['source']}" + (f" (run at short side {scaled}" if scaled else "")
-             + (", detail kept)" if scaled and model.get("keep_detail") else ")" if scaled else "")]
+    lines = [f"model: {model['source']}" + _run_note(model)]
     judge = result.get("judge")
     if judge:
         acc = ", ".join(f"{k} {v:.0%}" for k, v in judge["real_test_accuracy"].items())
