@@ -300,3 +300,22 @@ def test_losses_equal_the_reference_formulas(norm: str) -> None:
     assert got.keys() == want.keys()
     for k in want:
         assert abs(got[k].item() - want[k].item()) <= 1e-5 * max(1.0, abs(want[k].item())), k
+
+
+def test_per_cycle_weights_scale_only_their_own_cycle() -> None:
+    """lambda_cycle_b reweights cycle B alone; cycle A and the identity terms keep lambda_cycle."""
+    from imgtrans.objectives.cyclegan import CycleGANConfig
+
+    gen = torch.Generator().manual_seed(1)
+    batch = {"A": torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1, "B": torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1}
+    base = dict(ngf=8, ndf=8, n_blocks=1, n_layers_d=2, crop_size=32, pool_size=0, lambda_cycle=2.0)
+    losses = {}
+    for b_weight in (None, 0.5):
+        torch.manual_seed(0)  # same initial networks for both configs
+        obj = CycleGAN(CycleGANConfig(**base, lambda_cycle_b=b_weight))
+        losses[b_weight] = obj.loss("G", batch)[1]
+    same, scaled = losses[None], losses[0.5]
+    assert scaled["cycle_B"].item() == pytest.approx(same["cycle_B"].item() * 0.25, rel=1e-5)
+    assert scaled["cycle_B"].item() > 0
+    for k in ("cycle_A", "idt_A", "idt_B", "G_AB", "G_BA"):
+        assert scaled[k].item() == pytest.approx(same[k].item(), rel=1e-6), k

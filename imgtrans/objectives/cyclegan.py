@@ -40,6 +40,10 @@ class CycleGANConfig(HeldOutConfig):
     spectral_norm: bool = False
     gan_mode: str = "lsgan"
     lambda_cycle: float = 10.0
+    # Per-cycle weights (None: lambda_cycle). Cycle B (B -> A -> B) makes the A images made from B
+    # carry what B needs back (a zebra's stripes on its horse); a lower lambda_cycle_b frees B -> A.
+    lambda_cycle_a: float | None = None
+    lambda_cycle_b: float | None = None
     lambda_identity: float = 0.5  # times lambda_cycle, as the reference
     pool_size: int = 50
     lr: float = 2e-4
@@ -57,6 +61,11 @@ class CycleGANConfig(HeldOutConfig):
     def generator_arch(self) -> ResnetArch:
         return ResnetArch(ngf=self.ngf, n_blocks=self.n_blocks, norm=self.norm, dropout=self.dropout,
                           residual=self.residual, upsample=self.upsample, down_pad=self.down_pad)
+
+    def cycle_weight(self, src: str) -> float:
+        """The weight of the cycle that starts in domain `src` ("A" or "B")."""
+        own = self.lambda_cycle_a if src == "A" else self.lambda_cycle_b
+        return self.lambda_cycle if own is None else own
 
     def discriminator_arch(self) -> PatchArch:
         return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm)
@@ -120,7 +129,7 @@ class CycleGAN(ScoresHeldOut, ObjectiveBase):
         fake = forward(real)
         terms: Losses = {
             f"G_{src}{dst}": self.gan(n[f"D_{dst}"](fake), True, for_d=False),
-            f"cycle_{src}": l1(back(fake), real) * c.lambda_cycle,
+            f"cycle_{src}": l1(back(fake), real) * c.cycle_weight(src),
         }
         if c.lambda_identity > 0:
             terms[f"idt_{src}"] = l1(back(real), real) * (c.lambda_cycle * c.lambda_identity)
