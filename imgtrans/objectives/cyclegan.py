@@ -41,7 +41,7 @@ class CycleGANConfig(HeldOutConfig):
     gan_mode: str = "lsgan"
     lambda_cycle: float = 10.0
     # Per-cycle weights (None: lambda_cycle). Cycle B (B -> A -> B) makes the A images made from B
-    # carry what B needs back (a zebra's stripes on its horse); a lower lambda_cycle_b frees B -> A.
+    # carry what B needs back (a zebra's stripes on its horse); a lower lambda_cycle_b loosens that.
     lambda_cycle_a: float | None = None
     lambda_cycle_b: float | None = None
     lambda_identity: float = 0.5  # times lambda_cycle, as the reference
