@@ -105,6 +105,23 @@ def test_cut_builds_f_eagerly_from_its_config() -> None:
         CUT(CUTConfig(ngf=8, n_blocks=2))  # the default taps reach block 5
 
 
+def test_two_scale_discriminator_scores_both_scales_in_cut() -> None:
+    """With `d_scales=2` the GAN terms average D_B's full- and half-size maps."""
+    torch.manual_seed(0)
+    cut = CUT(CUTConfig(ngf=8, ndf=8, n_blocks=2, n_layers_d=2, nce_layers=LAYERS, f_width=16,
+                        crop_size=32, d_scales=2))
+    d = cut.networks()["D_B"]
+    gen = torch.Generator().manual_seed(0)
+    batch = {k: torch.rand(1, 3, 32, 32, generator=gen) * 2 - 1 for k in ("A", "B")}
+    _, g_terms = cut.loss("G", batch)
+    _, d_terms = cut.loss("D", batch)
+    fine, coarse = d(batch["B"])
+    assert coarse.shape[-1] < fine.shape[-1]
+    want = 0.5 * (cut.gan(fine, True) + cut.gan(coarse, True)) / 2
+    assert d_terms["D_real"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert g_terms["G_GAN"].item() > 0
+
+
 def test_patch_head_samples_shared_positions_as_unit_vectors() -> None:
     torch.manual_seed(0)
     feats = [torch.randn(2, 3, 6, 6), torch.randn(2, 5, 2, 2)]

@@ -87,6 +87,45 @@ def test_init_weights_is_normal_002_with_zero_bias() -> None:
     assert torch.count_nonzero(g.model[1].bias) == 0
 
 
+def _input_extent(out: torch.Tensor, x: torch.Tensor) -> int:
+    """Width in input pixels that the centre logit of a logit map depends on."""
+    out[..., out.shape[-2] // 2, out.shape[-1] // 2].sum().backward()
+    cols = (x.grad.abs().sum(dim=(0, 1, 2)) > 0).nonzero().flatten()
+    x.grad = None
+    return int(cols.max() - cols.min() + 1)
+
+
+def test_multiscale_patchgan_judges_twice_the_context_with_its_own_weights() -> None:
+    torch.manual_seed(0)
+    # No norm layer: instance norm would make every logit depend on the whole image.
+    d = init_weights(PatchDiscriminator(ndf=8, n_layers=3, norm="none", scales=2))
+    x = torch.randn(1, 3, 256, 256, requires_grad=True)
+    fine, coarse = d(x)
+    assert fine.shape == (1, 1, 30, 30) and coarse.shape == (1, 1, 14, 14)
+    # 70 px patches at full size; the coarse scale sees the half-size image, so about 2x70 px.
+    assert _input_extent(fine, x) == 70
+    assert 140 <= _input_extent(d(x)[1], x) <= 142
+    assert len(d.coarser) == 1 and d.coarser[0] is not d.model
+    assert not torch.equal(d.coarser[0][0].weight, d.model[0].weight)
+
+
+def test_single_scale_patchgan_keeps_the_reference_keys_and_output() -> None:
+    one = PatchDiscriminator(ndf=8, n_layers=2)
+    assert all(k.startswith("model.") for k in one.state_dict())
+    assert isinstance(one(torch.zeros(1, 3, 32, 32)), torch.Tensor)
+    with pytest.raises(ValueError, match="scales"):
+        PatchDiscriminator(ndf=8, scales=0)
+
+
+@pytest.mark.parametrize("mode", ["lsgan", "vanilla", "hinge"])
+def test_gan_loss_of_several_maps_is_their_mean(mode: str) -> None:
+    loss = GANLoss(mode)
+    maps = [torch.full((1, 1, 4, 4), 0.5), torch.tensor([[[[-2.0, 3.0]]]])]
+    for real, for_d in ((True, True), (False, True), (True, False)):
+        want = (loss(maps[0], real, for_d) + loss(maps[1], real, for_d)) / 2
+        assert loss(maps, real, for_d).item() == pytest.approx(want.item())
+
+
 def test_lsgan_loss_values() -> None:
     loss = GANLoss("lsgan")
     pred = torch.full((2, 1, 4, 4), 0.5)

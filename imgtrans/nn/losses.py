@@ -14,7 +14,8 @@ class GANLoss(nn.Module):
 
     `loss(pred, real, for_d)`: `real` says which side the prediction should be pushed to;
     `for_d` matters only for hinge, whose generator loss is -mean(D(fake)) rather than a margin.
-    Computed in float32 so mixed-precision logits do not lose the loss's precision.
+    Computed in float32 so mixed-precision logits do not lose the loss's precision. A list of
+    maps (a multi-scale discriminator's) gives the mean of the per-map losses.
     """
 
     def __init__(self, mode: str = "lsgan") -> None:
@@ -23,7 +24,12 @@ class GANLoss(nn.Module):
             raise ValueError(f"unknown gan_mode {mode!r}; choose one of {', '.join(GAN_MODES)}")
         self.mode = mode
 
-    def forward(self, pred: torch.Tensor, real: bool, for_d: bool = True) -> torch.Tensor:
+    def forward(self, pred: torch.Tensor | list[torch.Tensor], real: bool, for_d: bool = True) -> torch.Tensor:
+        if isinstance(pred, (list, tuple)):
+            return torch.stack([self._one(p, real, for_d) for p in pred]).mean()
+        return self._one(pred, real, for_d)
+
+    def _one(self, pred: torch.Tensor, real: bool, for_d: bool) -> torch.Tensor:
         pred = pred.float()
         if self.mode == "lsgan":
             target = torch.ones_like(pred) if real else torch.zeros_like(pred)

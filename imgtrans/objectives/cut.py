@@ -58,6 +58,7 @@ class CUTConfig(HeldOutConfig):
     upsample: str = "transpose"  # or "resize": nearest 2x + conv, no checkerboard (ResnetArch)
     down_pad: str = "zero"  # or "reflect": padding of the stride-2 convs (ResnetArch)
     spectral_norm: bool = False
+    d_scales: int = 1  # discriminator scales (PatchArch.scales); 2 adds a half-size judge
     gan_mode: str = "lsgan"
     lambda_gan: float = 1.0
     lambda_nce: float = 1.0
@@ -94,7 +95,8 @@ class CUTConfig(HeldOutConfig):
                           residual=self.residual, upsample=self.upsample, down_pad=self.down_pad)
 
     def discriminator_arch(self) -> PatchArch:
-        return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm)
+        return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm,
+                         scales=self.d_scales)
 
 
 def tap_channels(arch: ResnetArch, layers: Sequence[int]) -> list[int]:

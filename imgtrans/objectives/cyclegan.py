@@ -38,6 +38,7 @@ class CycleGANConfig(HeldOutConfig):
     upsample: str = "transpose"  # or "resize": nearest 2x + conv, no checkerboard (ResnetArch)
     down_pad: str = "zero"  # or "reflect": padding of the stride-2 convs (ResnetArch)
     spectral_norm: bool = False
+    d_scales: int = 1  # discriminator scales (PatchArch.scales); 2 adds a half-size judge
     gan_mode: str = "lsgan"
     lambda_cycle: float = 10.0
     # Per-cycle weights (None: lambda_cycle). Cycle B (B -> A -> B) makes the A images made from B
@@ -68,7 +69,8 @@ class CycleGANConfig(HeldOutConfig):
         return self.lambda_cycle if own is None else own
 
     def discriminator_arch(self) -> PatchArch:
-        return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm)
+        return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm,
+                         scales=self.d_scales)
 
 
 class CycleGAN(ScoresHeldOut, ObjectiveBase):
