@@ -28,7 +28,7 @@ class PatchArch:
 
     def __post_init__(self) -> None:
         if self.scales < 1:
-            raise ValueError(f"scales must be at least 1, got {self.scales}")
+            raise ValueError(f"discriminator scales (d_scales) must be at least 1, got {self.scales}")
 
     def to_dict(self) -> dict:
         return asdict(self)
