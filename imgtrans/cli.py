@@ -414,6 +414,8 @@ def eval_group() -> None:
 @click.option("--a-train", type=click.Path(), help="train images of A: real-vs-real reference for FID/KID")
 @click.option("--b-train", type=click.Path(), help="train images of B: real-vs-real reference for FID/KID")
 @click.option("--judge", help="domain judge: name, export or run folder (see `imgtrans eval train-judge`)")
+@click.option("--judge-swapped", is_flag=True,
+              help="the judge's A and B are this model's B and A (e.g. judge-horse2zebra for a zebra->horse AtoB model)")
 @click.option("--direction", "directions", multiple=True, type=click.Choice(["AtoB", "BtoA"]))
 @click.option("--max-images", type=click.IntRange(min=0), default=0, help="per folder; 0: all")
 @click.option("--size", "run_size", metavar="N|train",
@@ -426,7 +428,7 @@ def eval_group() -> None:
 @click.option("--sheet", type=click.Path(dir_okay=False), help="contact sheet PNG: inputs and outputs")
 @click.option("--device", default="auto", show_default=True)
 def eval_translate(model: str, a: str, b: str, a_train: str | None, b_train: str | None, judge: str | None,
-                   directions: tuple[str, ...], max_images: int, run_size: str | None, keep_detail: bool | None,
+                   judge_swapped: bool, directions: tuple[str, ...], max_images: int, run_size: str | None, keep_detail: bool | None,
                    no_fid: bool, json_path: str | None, sheet: str | None, device: str) -> None:
     """Judge share, judge-space Frechet distance, cycle L1, FID and KID, beside the identity and
     untrained baselines."""
@@ -438,7 +440,7 @@ def eval_translate(model: str, a: str, b: str, a_train: str | None, b_train: str
     result = evaluate_translation(model, a, b, judge=judge, directions=list(directions) or None,
                                   max_images=max_images, device=device, fid=not no_fid, a_train=a_train,
                                   b_train=b_train, sheet=sheet, size=run_size, keep_detail=keep_detail,
-                                  progress=lambda m: click.echo(m, err=True))
+                                  judge_swapped=judge_swapped, progress=lambda m: click.echo(m, err=True))
     click.echo(format_table(result))
     if json_path:
         text = json.dumps(result, indent=2)

@@ -266,6 +266,29 @@ def test_cli_eval_translate_and_train_judge(tiny_cyclegan: tuple[Path, Path, Pat
     assert Image.open(tmp_path / "s.png").size[0] > 0
 
 
+def test_cli_judge_swapped_reads_a_judge_trained_the_other_way(
+        tiny_cyclegan: tuple[Path, Path, Path], judge_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from imgtrans.cli import run_cli
+
+    run_dir = tiny_cyclegan[0]
+    data = judge_run.parent.parent  # the judge learnt red as its A and blue as its B
+    args = ["eval", "translate", "-m", str(run_dir), "--a", str(data / "blue"), "--b", str(data / "red"),
+            "--judge", str(judge_run), "--direction", "AtoB", "--no-fid", "--max-images", "6", "--device", "cpu"]
+    results = {}
+    for flag in ([], ["--judge-swapped"]):
+        assert run_cli(args + flag + ["--json", str(tmp_path / "r.json")]) == 0
+        results[bool(flag)] = (capsys.readouterr().out, json.loads((tmp_path / "r.json").read_text()))
+    out, plain = results[False]
+    assert max(plain["judge"]["real_test_accuracy"].values()) < 0.5 and not plain["judge"]["swapped"]
+    assert "warning: the judge calls most real test images" in out and "with --judge-swapped" in out
+    out, swapped = results[True]
+    assert min(swapped["judge"]["real_test_accuracy"].values()) > 0.5 and swapped["judge"]["swapped"]
+    assert "A and B swapped" in out and "warning" not in out and "warning" not in swapped["judge"]
+    for system in ("identity", "real"):  # every share is read the other way round
+        shares = [r["directions"]["AtoB"]["systems"][system]["judge_target_share"] for r in (plain, swapped)]
+        assert shares[0] + shares[1] == pytest.approx(1.0)
+
+
 def _pytorch_fid_file_from_bundled(out: Path) -> Path:
     """pytorch-fid's state-dict layout filled with fid-helper's TorchScript weights (same TF graph).
 

@@ -82,11 +82,17 @@ class Judgement:
 
 
 class DomainJudge:
-    """A trained JudgeNet plus the input size it was trained at."""
+    """A trained JudgeNet plus the input size it was trained at.
 
-    def __init__(self, net: JudgeNet, meta: dict[str, Any], source: str = "", batch_size: int = 64) -> None:
+    `swapped`: the judge was trained with A and B the other way round (its A is the caller's B), so
+    its probabilities are read as 1 - p; everything downstream then speaks of the caller's A and B.
+    """
+
+    def __init__(self, net: JudgeNet, meta: dict[str, Any], source: str = "", batch_size: int = 64,
+                 swapped: bool = False) -> None:
         self.net, self.meta, self.source, self.batch_size = net, meta, source, batch_size
         self.size = int(meta.get("size") or 128)
+        self.swapped = swapped
 
     def to(self, device: str | torch.device) -> "DomainJudge":
         self.net.to(device)
@@ -105,7 +111,8 @@ class DomainJudge:
             feats.append(f.double().cpu())
         if not probs:
             return Judgement(np.zeros(0), np.zeros((0, self.net.num_features)))
-        return Judgement(torch.cat(probs).numpy(), torch.cat(feats).numpy())
+        p_b = torch.cat(probs).numpy()
+        return Judgement(1.0 - p_b if self.swapped else p_b, torch.cat(feats).numpy())
 
 
 # ----- loading -----------------------------------------------------------------------------
@@ -117,12 +124,16 @@ def _from_export(path: Path) -> DomainJudge:
     return DomainJudge(net, meta, str(path))
 
 
-def load_judge(name_or_path: str | Path) -> DomainJudge:
-    """A domain judge from a judge run folder, its .safetensors export or a manifest model name."""
+def load_judge(name_or_path: str | Path, swapped: bool = False) -> DomainJudge:
+    """A domain judge from a judge run folder, its .safetensors export or a manifest model name.
+
+    `swapped`: its A and B are the caller's B and A (see DomainJudge).
+    """
     from imgtrans.weights import resolve_export
 
     path, name = resolve_export(name_or_path, EXPORT_NAME, _ACCEPTED)
     judge = _from_export(path)
+    judge.swapped = swapped
     if name:
         judge.meta = {**judge.meta, "name": name}
         judge.source = f"{name} ({path})"

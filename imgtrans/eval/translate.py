@@ -246,6 +246,7 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
                          fid: bool = True, a_train: str | Path | None = None, b_train: str | Path | None = None,
                          sheet: str | Path | None = None, sheet_images: int = 4, seed: int = 0,
                          size: int | str | None = None, keep_detail: bool | None = None,
+                         judge_swapped: bool = False,
                          progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Score `model` on test folders `a` and `b`; returns a JSON-ready dict (see format_table).
 
@@ -257,15 +258,15 @@ def evaluate_translation(model: str | Path, a: str | Path, b: str | Path, judge:
     direction. `size`: run the networks at this short side and resize back ("train": each model's
     training size; 0: at the test images' own size), as `imgtrans translate --size`; `keep_detail`
     as `imgtrans translate --keep-detail`; either left None takes the model's recorded default
-    (a shipped model's manifest "defaults"), else native size without. `progress` receives one
-    line per stage.
+    (a shipped model's manifest "defaults"), else native size without. `judge_swapped`: the
+    judge's A and B are this model's B and A. `progress` receives one line per stage.
     """
     t0 = time.perf_counter()
     say = progress or (lambda _msg: None)
     dev = select_device(device)
     nets, missing = load_directions(model, directions)
     evaluated = [d for d in (directions or DIRECTIONS) if d in nets]  # load_directions vetted them
-    domain_judge = load_judge(judge).to(dev) if judge is not None else None
+    domain_judge = load_judge(judge, swapped=judge_swapped).to(dev) if judge is not None else None
     why_no_fid = metrics.available() if fid else "not requested"
     inception = metrics.InceptionFeatures.load(dev) if why_no_fid is None else None
     bank = FeatureBank(domain_judge, inception)
@@ -310,8 +311,14 @@ def _judge_info(judge: DomainJudge | None, bank: FeatureBank, test: dict[str, Im
         j = bank.judged(f"test_{domain}", images)
         if j is not None:
             accuracy[domain] = float(((j.p_b > 0.5) == (domain == "B")).mean())
-    return {"source": judge.source, "size": judge.size, "steps": judge.meta.get("steps"),
-            "data": judge.meta.get("data"), "real_test_accuracy": accuracy}
+    info = {"source": judge.source, "size": judge.size, "steps": judge.meta.get("steps"),
+            "data": judge.meta.get("data"), "swapped": judge.swapped, "real_test_accuracy": accuracy}
+    if len(accuracy) == 2 and max(accuracy.values()) < 0.5:
+        # Worse than chance on both real test sets: the judge's labels are almost surely reversed.
+        fix = "without --judge-swapped" if judge.swapped else "with --judge-swapped"
+        info["warning"] = (f"the judge calls most real test images of both domains the other domain: its A and B "
+                           f"look like this model's B and A; run again {fix}")
+    return info
 
 
 # ----- the report --------------------------------------------------------------------------
@@ -348,7 +355,10 @@ def format_table(result: dict[str, Any]) -> str:
     judge = result.get("judge")
     if judge:
         acc = ", ".join(f"{k} {v:.0%}" for k, v in judge["real_test_accuracy"].items())
-        lines.append(f"judge: {judge['source']} (size {judge['size']}; accuracy on the real test images: {acc})")
+        swapped = "; A and B swapped" if judge.get("swapped") else ""
+        lines.append(f"judge: {judge['source']} (size {judge['size']}{swapped}; accuracy on the real test images: {acc})")
+        if judge.get("warning"):
+            lines.append(f"warning: {judge['warning']}")
     else:
         lines.append("judge: none (train one with `imgtrans eval train-judge`; judge columns empty)")
     inc = result["inception"]
