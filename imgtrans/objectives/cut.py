@@ -14,20 +14,18 @@ numbers unchanged would tap a norm output at 8 and blocks 3 and 7 instead.)
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
 
 import torch
 from torch import nn
 
-from imgtrans.data.transforms import CropSpec, load_size_for
 from imgtrans.data.unpaired import UnpairedImages, pair_tag, two_domains
 from imgtrans.errors import UserError
 from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weights
-from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.patchnce import PatchHead, patch_nce, sample_patch_ids
-from imgtrans.objectives.translation import HeldOutConfig, ScoresHeldOut
+from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig
 from imgtrans.train.objective import Losses, ObjectiveBase, Phase
 
 # What fast=true writes into the config (FastCUT, paper section 4). FastCUT also trains 150 + 50
@@ -40,26 +38,10 @@ ENCODER_STEM = 10
 
 
 @dataclass(frozen=True)
-class CUTConfig(HeldOutConfig):
+class CUTConfig(UnpairedGANConfig):
     """CUT settings; defaults are the paper's CUT, `fast=true` turns them into FastCUT's."""
 
-    a: str = field(default="", metadata={"cli": "--a", "help": "folder of domain A images (recursive)"})
-    b: str = field(default="", metadata={"cli": "--b", "help": "folder of domain B images (recursive)"})
-    # FastCUT preset: sets lambda_nce=10, nce_idt=false, flip_equivariance=true in this config
-    # (so the saved config shows them) and takes precedence over them; false changes nothing.
     fast: bool = False
-    ngf: int = 64
-    ndf: int = 64
-    n_blocks: int = 9
-    n_layers_d: int = 3
-    norm: str = "instance"
-    dropout: bool = False
-    residual: bool = False  # generator = input + learned edit, starting as the identity (ResnetArch)
-    upsample: str = "transpose"  # or "resize": nearest 2x + conv, no checkerboard (ResnetArch)
-    down_pad: str = "zero"  # or "reflect": padding of the stride-2 convs (ResnetArch)
-    spectral_norm: bool = False
-    d_scales: int = 1  # discriminator scales (PatchArch.scales); 2 adds a half-size judge
-    gan_mode: str = "lsgan"
     lambda_gan: float = 1.0
     lambda_nce: float = 1.0
     nce_idt: bool = True  # also PatchNCE between B and G(B), the loss then averaging both
@@ -68,13 +50,6 @@ class CUTConfig(HeldOutConfig):
     num_patches: int = 256  # per layer and image
     f_width: int = 256  # F: per layer Linear(C, w), ReLU, Linear(w, w), then L2 normalisation
     flip_equivariance: bool = False  # half the steps, G sees mirrored inputs; features flipped back
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    load_size: int = 0  # 0: crop_size * 286 / 256, the reference ratio
-    crop_size: int = 256
-    flip: bool = True
-    init_gain: float = 0.02
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -85,18 +60,6 @@ class CUTConfig(HeldOutConfig):
                             "for other values set fast=false, nce_idt=false and flip_equivariance=true")
         for name, value in FASTCUT.items():
             object.__setattr__(self, name, value)  # frozen: only construction may write
-
-    def crop_spec(self) -> CropSpec:
-        return CropSpec(load_size=load_size_for(self.crop_size, self.load_size), crop_size=self.crop_size,
-                        flip=self.flip)
-
-    def generator_arch(self) -> ResnetArch:
-        return ResnetArch(ngf=self.ngf, n_blocks=self.n_blocks, norm=self.norm, dropout=self.dropout,
-                          residual=self.residual, upsample=self.upsample, down_pad=self.down_pad)
-
-    def discriminator_arch(self) -> PatchArch:
-        return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm,
-                         scales=self.d_scales)
 
 
 def tap_channels(arch: ResnetArch, layers: Sequence[int]) -> list[int]:

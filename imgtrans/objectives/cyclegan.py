@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from imgtrans.data.transforms import CropSpec, load_size_for
 from imgtrans.data.unpaired import UnpairedImages, pair_tag, two_domains
 from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weights
-from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.losses import l1
-from imgtrans.objectives.translation import HeldOutConfig, ScoresHeldOut
+from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig
 from imgtrans.train.objective import Branch, Losses, ObjectiveBase, Phase, combine
 from imgtrans.train.pool import ImagePool
 
@@ -23,23 +21,9 @@ DIRECTIONS = {"AtoB": ("G_AB", "G_A"), "BtoA": ("G_BA", "G_B")}
 
 
 @dataclass(frozen=True)
-class CycleGANConfig(HeldOutConfig):
+class CycleGANConfig(UnpairedGANConfig):
     """CycleGAN settings; defaults are the reference project's (ANCHORS.md)."""
 
-    a: str = field(default="", metadata={"cli": "--a", "help": "folder of domain A images (recursive)"})
-    b: str = field(default="", metadata={"cli": "--b", "help": "folder of domain B images (recursive)"})
-    ngf: int = 64
-    ndf: int = 64
-    n_blocks: int = 9
-    n_layers_d: int = 3
-    norm: str = "instance"
-    dropout: bool = False
-    residual: bool = False  # generator = input + learned edit, starting as the identity (ResnetArch)
-    upsample: str = "transpose"  # or "resize": nearest 2x + conv, no checkerboard (ResnetArch)
-    down_pad: str = "zero"  # or "reflect": padding of the stride-2 convs (ResnetArch)
-    spectral_norm: bool = False
-    d_scales: int = 1  # discriminator scales (PatchArch.scales); 2 adds a half-size judge
-    gan_mode: str = "lsgan"
     lambda_cycle: float = 10.0
     # Per-cycle weights (None: lambda_cycle). Cycle B (B -> A -> B) makes the A images made from B
     # carry what B needs back (a zebra's stripes on its horse); a lower lambda_cycle_b loosens that.
@@ -47,30 +31,11 @@ class CycleGANConfig(HeldOutConfig):
     lambda_cycle_b: float | None = None
     lambda_identity: float = 0.5  # times lambda_cycle, as the reference
     pool_size: int = 50
-    lr: float = 2e-4
-    beta1: float = 0.5
-    beta2: float = 0.999
-    load_size: int = 0  # 0: crop_size * 286 / 256, the reference ratio
-    crop_size: int = 256
-    flip: bool = True
-    init_gain: float = 0.02
-
-    def crop_spec(self) -> CropSpec:
-        return CropSpec(load_size=load_size_for(self.crop_size, self.load_size), crop_size=self.crop_size,
-                        flip=self.flip)
-
-    def generator_arch(self) -> ResnetArch:
-        return ResnetArch(ngf=self.ngf, n_blocks=self.n_blocks, norm=self.norm, dropout=self.dropout,
-                          residual=self.residual, upsample=self.upsample, down_pad=self.down_pad)
 
     def cycle_weight(self, src: str) -> float:
         """The weight of the cycle that starts in domain `src` ("A" or "B")."""
         own = self.lambda_cycle_a if src == "A" else self.lambda_cycle_b
         return self.lambda_cycle if own is None else own
-
-    def discriminator_arch(self) -> PatchArch:
-        return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm,
-                         scales=self.d_scales)
 
 
 class CycleGAN(ScoresHeldOut, ObjectiveBase):

@@ -1,4 +1,4 @@
-"""What the translation objectives share: held-out test folders in their config, and scoring on them."""
+"""What the translation objectives share: their network, data and held-out settings, and scoring on the held-out set."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from imgtrans.data.transforms import CropSpec, load_size_for
 from imgtrans.errors import UserError
+from imgtrans.nn.discriminators import PatchArch
+from imgtrans.nn.generators import ResnetArch
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,46 @@ class HeldOutConfig:
 
     def enabled(self) -> bool:
         return bool(self.test_a)
+
+
+@dataclass(frozen=True)
+class UnpairedGANConfig(HeldOutConfig):
+    """Settings every unpaired translation GAN here has: its two folders, a ResnetGenerator, PatchGAN
+    discriminators, Adam and the crops it trains on; defaults are the reference project's (ANCHORS.md)."""
+
+    a: str = field(default="", metadata={"cli": "--a", "help": "folder of domain A images (recursive)"})
+    b: str = field(default="", metadata={"cli": "--b", "help": "folder of domain B images (recursive)"})
+    ngf: int = 64
+    ndf: int = 64
+    n_blocks: int = 9
+    n_layers_d: int = 3
+    norm: str = "instance"
+    dropout: bool = False
+    residual: bool = False  # generator = input + learned edit, starting as the identity (ResnetArch)
+    upsample: str = "transpose"  # or "resize": nearest 2x + conv, no checkerboard (ResnetArch)
+    down_pad: str = "zero"  # or "reflect": padding of the stride-2 convs (ResnetArch)
+    spectral_norm: bool = False
+    d_scales: int = 1  # discriminator scales (PatchArch.scales); 2 adds a half-size judge
+    gan_mode: str = "lsgan"
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    load_size: int = 0  # 0: crop_size * 286 / 256, the reference ratio
+    crop_size: int = 256
+    flip: bool = True
+    init_gain: float = 0.02
+
+    def crop_spec(self) -> CropSpec:
+        return CropSpec(load_size=load_size_for(self.crop_size, self.load_size), crop_size=self.crop_size,
+                        flip=self.flip)
+
+    def generator_arch(self) -> ResnetArch:
+        return ResnetArch(ngf=self.ngf, n_blocks=self.n_blocks, norm=self.norm, dropout=self.dropout,
+                          residual=self.residual, upsample=self.upsample, down_pad=self.down_pad)
+
+    def discriminator_arch(self) -> PatchArch:
+        return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm,
+                         scales=self.d_scales)
 
 
 class ScoresHeldOut:
