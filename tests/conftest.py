@@ -1,4 +1,4 @@
-"""Shared fixtures: synthetic domains, tiny model settings, and the real-data gate."""
+"""Shared fixtures: synthetic domains and photos, tiny model settings, and the real-data gate."""
 
 from __future__ import annotations
 
@@ -64,3 +64,11 @@ def domains(tmp_path: Path) -> tuple[Path, Path]:
     a = make_domain(tmp_path / "data" / "A", 6, "blobs", seed=1)
     b = make_domain(tmp_path / "data" / "B", 5, "stripes", seed=2)
     return a, b
+
+
+def photo(h: int, w: int, seed: int = 0, period: float = 7.0) -> np.ndarray:
+    """An HxWx3 uint8 stand-in for a photo: smooth colour ramps, a sine texture of `period` px, noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / period)], -1) * 255
+    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import photo
 from imgtrans.cli import run_cli
 from imgtrans.errors import UserError
 from imgtrans.nn import ResnetGenerator, init_weights
@@ -31,12 +32,6 @@ def weights_file(tmp_path: Path, net: ResnetGenerator) -> Path:
     meta = {"objective": "cyclegan", "direction": "AtoB", "arch": net.arch.to_dict()}
     return save_export(tmp_path / "w", "toy", net.state_dict(), meta)
 
-
-def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / 7.0)], -1) * 255
-    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

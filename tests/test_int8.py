@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import photo as synthetic_photo
 from imgtrans.cli import run_cli
 from imgtrans.errors import UserError
 from imgtrans.nn import ResnetGenerator, init_weights
@@ -22,11 +23,8 @@ pytest.importorskip("onnxruntime", reason="needs the onnx extra: pip install 'im
 
 
 def photo(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """Smooth colour ramps, a sine texture and noise: a stand-in for a photo."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / (5.0 + seed))], -1) * 255
-    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+    """The shared synthetic photo, its texture period changing with the seed."""
+    return synthetic_photo(h, w, seed, period=5.0 + seed)
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

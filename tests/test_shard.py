@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import photo as synthetic_photo
 from imgtrans.cli import run_cli
 from imgtrans.nn import ResnetGenerator, init_weights
 from imgtrans.pipelines.folders import FolderReport, plan
@@ -154,10 +155,7 @@ def torchrun(args: list[str], tmp: Path) -> subprocess.CompletedProcess:
 
 
 def photo(h: int, w: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:h, 0:w]
-    base = np.stack([xx / w, yy / h, 0.5 + 0.5 * np.sin(xx / 5.0)], -1) * 255
-    return np.clip(base + rng.normal(0, 8, base.shape), 0, 255).astype(np.uint8)
+    return synthetic_photo(h, w, seed, period=5.0)
 
 
 def photo_folder(src: Path) -> list[str]:
