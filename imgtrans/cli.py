@@ -428,8 +428,8 @@ def eval_group() -> None:
 @click.option("--sheet", type=click.Path(dir_okay=False), help="contact sheet PNG: inputs and outputs")
 @click.option("--device", default="auto", show_default=True)
 def eval_translate(model: str, a: str, b: str, a_train: str | None, b_train: str | None, judge: str | None,
-                   judge_swapped: bool, directions: tuple[str, ...], max_images: int, run_size: str | None, keep_detail: bool | None,
-                   no_fid: bool, json_path: str | None, sheet: str | None, device: str) -> None:
+                   judge_swapped: bool, directions: tuple[str, ...], max_images: int, run_size: str | None,
+                   keep_detail: bool | None, no_fid: bool, json_path: str | None, sheet: str | None, device: str) -> None:
     """Judge share, judge-space Frechet distance, cycle L1, FID and KID, beside the identity and
     untrained baselines."""
     import json

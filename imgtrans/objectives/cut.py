@@ -41,6 +41,8 @@ ENCODER_STEM = 10
 class CUTConfig(UnpairedGANConfig):
     """CUT settings; defaults are the paper's CUT, `fast=true` turns them into FastCUT's."""
 
+    # FastCUT preset: sets lambda_nce=10, nce_idt=false, flip_equivariance=true in this config
+    # (so the saved config shows them) and takes precedence over them; false changes nothing.
     fast: bool = False
     lambda_gan: float = 1.0
     lambda_nce: float = 1.0
