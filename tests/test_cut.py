@@ -191,11 +191,12 @@ def final_nets(run_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
     return load_checkpoint(latest_checkpoint(run_dir))["nets"]
 
 
-@pytest.mark.parametrize("fast", [False, True])
-def test_resume_matches_uninterrupted_run(domains: tuple[Path, Path], tmp_path: Path, fast: bool) -> None:
-    """4 steps straight == 2, stop, resume, 2 (patch ids and flips come from the saved RNG)."""
+@pytest.mark.parametrize(("fast", "d_augment"), [(False, ""), (True, ""), (False, "color,translation,cutout")])
+def test_resume_matches_uninterrupted_run(domains: tuple[Path, Path], tmp_path: Path, fast: bool,
+                                          d_augment: str) -> None:
+    """4 steps straight == 2, stop, resume, 2 (patch ids, flips and DiffAugment draws restored)."""
     a, b = domains
-    cfg = {"train.steps": 4, "train.deterministic": True, "model.fast": fast}
+    cfg = {"train.steps": 4, "train.deterministic": True, "model.fast": fast, "model.d_augment": d_augment}
     straight = run(request(a, b, tmp_path / "one", **cfg))
     first = run(RunRequest(**{**request(a, b, tmp_path / "two", **cfg).__dict__, "until": 2}))
     resumed = run(RunRequest(objective="cut", values={}, resume=str(first), quiet=True))

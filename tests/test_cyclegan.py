@@ -77,6 +77,19 @@ def test_two_scale_discriminators_train_and_resume(domains: tuple[Path, Path], t
     assert_nets_close(nets, final_nets(resumed), atol=1e-6)
 
 
+def test_d_augment_changes_training_and_resumes_exactly(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    """DiffAugment draws come from saved generators: N steps straight == N/2, stop, resume, N/2."""
+    a, b = domains
+    cfg = {"train.steps": 4, "train.deterministic": True, "model.d_augment": "color,translation,cutout"}
+    straight = run(request(a, b, tmp_path / "one", **cfg))
+    plain = run(request(a, b, tmp_path / "plain", **{**cfg, "model.d_augment": ""}))
+    assert not torch.equal(final_nets(straight)["D_B"]["model.0.weight"], final_nets(plain)["D_B"]["model.0.weight"])
+    first = run(RunRequest(**{**request(a, b, tmp_path / "two", **cfg).__dict__, "until": 2}))
+    assert {"aug_A", "aug_B"} <= load_checkpoint(latest_checkpoint(first))["ranks"][0]["objective"].keys()
+    resumed = run(RunRequest(objective="cyclegan", values={}, resume=str(first), quiet=True))
+    assert_nets_close(final_nets(straight), final_nets(resumed), atol=1e-6)
+
+
 def test_export_rebuilds_the_trained_generator(domains: tuple[Path, Path], tmp_path: Path) -> None:
     a, b = domains
     run_dir = run(request(a, b, tmp_path / "runs", **{"train.steps": 2}))
@@ -229,7 +242,7 @@ def test_cli_config_file_layers_under_set(domains: tuple[Path, Path], tmp_path: 
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unknown_key", "bad_value", "no_b", "all_bad", "negative_width",
-                                  "zero_lr", "crop_over_load", "unknown_norm"])
+                                  "zero_lr", "crop_over_load", "unknown_norm", "d_augment"])
 def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Path], tmp_path: Path,
                                              capsys: pytest.CaptureFixture) -> None:
     a, b = domains
@@ -250,6 +263,7 @@ def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Pat
         "zero_lr": ["--a", str(a), "--b", str(b), "--set", "lr=0"],
         "crop_over_load": ["--a", str(a), "--b", str(b), "--set", "load_size=16", "--set", "crop_size=32"],
         "unknown_norm": ["--a", str(a), "--b", str(b), "--set", "norm=foo"],
+        "d_augment": ["--a", str(a), "--b", str(b), "--set", "d_augment=color,flip"],
     }[case]
     p = in_process(["train", "cyclegan", *args, "--out", str(tmp_path / "runs"), "--dry-run"], capsys)
     expected = {"missing": "nope: folder not found", "empty": "no readable images",
@@ -257,7 +271,7 @@ def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Pat
                 "no_b": "pass --a FOLDER and --b FOLDER", "all_bad": "no readable images",
                 "negative_width": "ngf=-1: must be at least 1", "zero_lr": "lr=0: must be above 0",
                 "crop_over_load": "crop_size 32 is larger than load_size 16; change it with --set",
-                "unknown_norm": "unknown norm 'foo'"}[case]
+                "unknown_norm": "unknown norm 'foo'", "d_augment": "d_augment: unknown policy flip"}[case]
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]

@@ -23,6 +23,7 @@ from torch import nn
 from imgtrans.data.unpaired import UnpairedImages, pair_tag, two_domains
 from imgtrans.errors import UserError
 from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weights
+from imgtrans.nn.diffaug import DiffAugment
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.patchnce import PatchHead, patch_nce, sample_patch_ids
 from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig
@@ -107,6 +108,7 @@ class CUT(ScoresHeldOut, ObjectiveBase):
         super().__init__(nets)
         self.cfg, self.seed = cfg, seed
         self.gan = GANLoss(cfg.gan_mode)
+        self.aug = DiffAugment(cfg.d_augment, seed * 2 + 101)
         self._fake: torch.Tensor | None = None  # G phase -> D phase of the same step
 
     def tag(self) -> str:
@@ -130,7 +132,7 @@ class CUT(ScoresHeldOut, ObjectiveBase):
         src = torch.cat([real_a, real_b]) if c.nce_idt else real_a
         out = n["G_AB"](src.flip(3) if flipped else src)
         fake_b = out[: len(real_a)]  # mirrored when flipped: still a domain B image for D
-        terms: Losses = {"G_GAN": self.gan(n["D_B"](fake_b), True, for_d=False) * c.lambda_gan}
+        terms: Losses = {"G_GAN": self.gan(n["D_B"](self.aug(fake_b)), True, for_d=False) * c.lambda_gan}
         nce_a = self._nce(real_a, fake_b, flipped)
         if c.nce_idt:
             terms["NCE"] = 0.5 * nce_a  # CUT averages the two contrastive terms
@@ -161,10 +163,17 @@ class CUT(ScoresHeldOut, ObjectiveBase):
         if self._fake is None:
             raise RuntimeError("the D phase needs the G phase's translation of the same step")
         d = self.nets["D_B"]
-        terms: Losses = {"D_real": 0.5 * self.gan(d(batch["B"]), True),
-                         "D_fake": 0.5 * self.gan(d(self._fake), False)}
+        terms: Losses = {"D_real": 0.5 * self.gan(d(self.aug(batch["B"])), True),
+                         "D_fake": 0.5 * self.gan(d(self.aug(self._fake)), False)}
         total = terms["D_real"] + terms["D_fake"]
         return total, {k: v.detach() for k, v in terms.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"aug": self.aug.state_dict()} if self.aug else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.aug and "aug" in state:
+            self.aug.load_state_dict(state["aug"])
 
     def sample(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         g = self.nets["G_AB"]

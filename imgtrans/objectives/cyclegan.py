@@ -10,6 +10,7 @@ from torch import nn
 
 from imgtrans.data.unpaired import UnpairedImages, pair_tag, two_domains
 from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weights
+from imgtrans.nn.diffaug import DiffAugment
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.losses import l1
 from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig
@@ -62,6 +63,8 @@ class CycleGAN(ScoresHeldOut, ObjectiveBase):
         self.cfg, self.seed = cfg, seed
         self.gan = GANLoss(cfg.gan_mode)
         self.pools = {"A": ImagePool(cfg.pool_size, seed * 2 + 1), "B": ImagePool(cfg.pool_size, seed * 2 + 2)}
+        # One augmenter per judge: the two halves of a phase may run at once (branches).
+        self.augs = {k: DiffAugment(cfg.d_augment, seed * 2 + 101 + i) for i, k in enumerate("AB")}
         self._fakes: dict[str, torch.Tensor] = {}
 
     def tag(self) -> str:
@@ -95,7 +98,7 @@ class CycleGAN(ScoresHeldOut, ObjectiveBase):
         real = batch[src]
         fake = forward(real)
         terms: Losses = {
-            f"G_{src}{dst}": self.gan(n[f"D_{dst}"](fake), True, for_d=False),
+            f"G_{src}{dst}": self.gan(n[f"D_{dst}"](self.augs[dst](fake)), True, for_d=False),
             f"cycle_{src}": l1(back(fake), real) * c.cycle_weight(src),
         }
         if c.lambda_identity > 0:
@@ -105,9 +108,9 @@ class CycleGAN(ScoresHeldOut, ObjectiveBase):
         return total, {k: v.detach() for k, v in terms.items()}
 
     def _judge(self, batch: dict[str, torch.Tensor], domain: str) -> tuple[torch.Tensor, Losses]:
-        d = self.nets[f"D_{domain}"]
+        d, aug = self.nets[f"D_{domain}"], self.augs[domain]
         fake = self.pools[domain].query(self._fakes[domain])
-        loss = 0.5 * (self.gan(d(batch[domain]), True) + self.gan(d(fake), False))
+        loss = 0.5 * (self.gan(d(aug(batch[domain])), True) + self.gan(d(aug(fake)), False))
         return loss, {f"D_{domain}": loss.detach()}
 
     def sample(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -117,13 +120,18 @@ class CycleGAN(ScoresHeldOut, ObjectiveBase):
                 "real_B": batch["B"], "fake_A": fake_a, "rec_B": n["G_AB"](fake_a)}
 
     def state_dict(self) -> dict[str, Any]:
-        return {f"pool_{k}": p.state_dict() for k, p in self.pools.items()}
+        state = {f"pool_{k}": p.state_dict() for k, p in self.pools.items()}
+        state.update({f"aug_{k}": a.state_dict() for k, a in self.augs.items() if a})
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         device = next(self._nets["G_AB"].parameters()).device
         for k, p in self.pools.items():
             if f"pool_{k}" in state:  # absent in a compact checkpoint: the pool refills as it trains
                 p.load_state_dict(state[f"pool_{k}"], device)
+        for k, a in self.augs.items():
+            if a and f"aug_{k}" in state:
+                a.load_state_dict(state[f"aug_{k}"])
 
     def export(self) -> dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]]:
         out = {}

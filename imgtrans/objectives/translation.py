@@ -8,6 +8,7 @@ from typing import Any
 
 from imgtrans.data.transforms import CropSpec, load_size_for
 from imgtrans.errors import UserError
+from imgtrans.nn.diffaug import parse_policy
 from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
 
@@ -56,6 +57,9 @@ class UnpairedGANConfig(HeldOutConfig):
     spectral_norm: bool = False
     d_scales: int = 1  # discriminator scales (PatchArch.scales); 2 adds a half-size judge
     gan_mode: str = "lsgan"
+    # DiffAugment policy for every image a discriminator judges (imgtrans/nn/diffaug.py), e.g.
+    # "color,translation,cutout"; "": none, the reference's.
+    d_augment: str = ""
     lr: float = 2e-4
     beta1: float = 0.5
     beta2: float = 0.999
@@ -63,6 +67,10 @@ class UnpairedGANConfig(HeldOutConfig):
     crop_size: int = 256
     flip: bool = True
     init_gain: float = 0.02
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        parse_policy(self.d_augment)  # a typo fails at start, not as a silent no-op
 
     def crop_spec(self) -> CropSpec:
         return CropSpec(load_size=load_size_for(self.crop_size, self.load_size), crop_size=self.crop_size,
