@@ -1,10 +1,11 @@
 """Differentiable augmentation of what a discriminator sees (DiffAugment, Zhao et al. 2020).
 
 A discriminator trained on a few hundred images can learn them by heart and stop teaching the
-generator (on horse2zebra's thousand it did not: weights/README.md). Augmenting every image it judges, real and generated alike, in the discriminator's
-step and in the generator's, keeps it from memorising without changing what the generator is
-asked to produce: the augmentations are differentiable, so the generator is still graded on its
-own output and never learns to make augmented images.
+generator (on horse2zebra's thousand it did not: weights/README.md). Augmenting every image it
+judges, real and generated alike, in the discriminator's step and in the generator's, keeps it
+from memorising without changing what the generator is asked to produce: the augmentations are
+differentiable, so the generator is still graded on its own output and never learns to make
+augmented images.
 
 Policies (comma-separated, applied in this order): `color` (brightness, saturation, contrast),
 `translation` (shift by up to 1/8 of each side, zeros shifted in), `cutout` (a zeroed square of
