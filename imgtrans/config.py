@@ -78,7 +78,7 @@ RANGES: dict[str, Rule] = {
     **dict.fromkeys(("n_blocks", "load_size", "steps", "epochs", "workers", "pool_size", "log_every",
                      "sample_every", "checkpoint_every", "eval_every", "test_images", "keep_checkpoints", "sample_count", "max_nonfinite",
                      "time_limit", "grad_clip", "init_gain", "pos_weight", "center_jitter", "size_jitter",
-                     "d_warmup"),
+                     "d_warmup", "lr_d"),
                     _at_least(0)),
     **dict.fromkeys(("decay_start", "rare_share", "closed_share", "min_scale"), _FRACTION),
     **dict.fromkeys(("beta1", "beta2", "val_fraction"), _BELOW_1),

@@ -242,7 +242,8 @@ def test_cli_config_file_layers_under_set(domains: tuple[Path, Path], tmp_path: 
 
 
 @pytest.mark.parametrize("case", ["missing", "empty", "unknown_key", "bad_value", "no_b", "all_bad", "negative_width",
-                                  "zero_lr", "crop_over_load", "unknown_norm", "d_augment"])
+                                  "zero_lr", "crop_over_load", "unknown_norm", "d_augment",
+                                  "negative_lr_d"])
 def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Path], tmp_path: Path,
                                              capsys: pytest.CaptureFixture) -> None:
     a, b = domains
@@ -264,6 +265,7 @@ def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Pat
         "crop_over_load": ["--a", str(a), "--b", str(b), "--set", "load_size=16", "--set", "crop_size=32"],
         "unknown_norm": ["--a", str(a), "--b", str(b), "--set", "norm=foo"],
         "d_augment": ["--a", str(a), "--b", str(b), "--set", "d_augment=color,flip"],
+        "negative_lr_d": ["--a", str(a), "--b", str(b), "--set", "lr_d=-1e-4"],
     }[case]
     p = in_process(["train", "cyclegan", *args, "--out", str(tmp_path / "runs"), "--dry-run"], capsys)
     expected = {"missing": "nope: folder not found", "empty": "no readable images",
@@ -271,7 +273,8 @@ def test_cli_bad_inputs_give_one_line_errors(case: str, domains: tuple[Path, Pat
                 "no_b": "pass --a FOLDER and --b FOLDER", "all_bad": "no readable images",
                 "negative_width": "ngf=-1: must be at least 1", "zero_lr": "lr=0: must be above 0",
                 "crop_over_load": "crop_size 32 is larger than load_size 16; change it with --set",
-                "unknown_norm": "unknown norm 'foo'", "d_augment": "d_augment: unknown policy flip"}[case]
+                "unknown_norm": "unknown norm 'foo'", "d_augment": "d_augment: unknown policy flip",
+                "negative_lr_d": "lr_d=-0.0001: must be at least 0"}[case]
     assert p.returncode == 2
     assert "Traceback" not in p.stderr
     errors = [line for line in p.stderr.splitlines() if line.startswith("error:")]
@@ -350,3 +353,31 @@ def test_per_cycle_weights_scale_only_their_own_cycle() -> None:
     assert scaled["cycle_B"].item() > 0
     for k in ("cycle_A", "idt_A", "idt_B", "G_AB", "G_BA"):
         assert scaled[k].item() == pytest.approx(same[k].item(), rel=1e-6), k
+
+
+@pytest.mark.parametrize("objective", ["cyclegan", "cut"])
+def test_lr_d_sets_the_discriminator_phase_apart(objective: str) -> None:
+    """lr_d 0 gives both phases `lr`; a value of its own (the two time-scale rule) moves only D's."""
+    from imgtrans.objectives.cut import CUTConfig
+    from imgtrans.objectives.cyclegan import CycleGANConfig
+
+    make = CycleGANConfig if objective == "cyclegan" else CUTConfig
+    same = make(lr=1e-4, beta1=0.0, beta2=0.9).gan_phases(("G",), ("D",))
+    apart = make(lr=1e-4, lr_d=4e-4).gan_phases(("G",), ("D",))
+    assert [(p.name, p.nets, p.lr, p.betas) for p in same] == [("G", ("G",), 1e-4, (0.0, 0.9)),
+                                                              ("D", ("D",), 1e-4, (0.0, 0.9))]
+    assert [(p.name, p.lr) for p in apart] == [("G", 1e-4), ("D", 4e-4)]
+
+
+def test_lr_d_reaches_the_discriminator_optimizer(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    """The logged per-phase LR of a run with lr_d is the one its Adam used."""
+    a, b = domains
+    run_dir = run(request(a, b, tmp_path / "runs", **{"train.steps": 2, "train.checkpoint_every": 2,
+                                                      "model.lr": 1e-4, "model.lr_d": 3e-4}))
+    assert run_dir is not None
+    stats = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+    lr = stats[-1]["lr"]
+    assert lr["G"] == pytest.approx(1e-4) and lr["D"] == pytest.approx(3e-4)
+    opts = load_checkpoint(latest_checkpoint(run_dir))["opts"]
+    assert opts["G"]["param_groups"][0]["lr"] == pytest.approx(1e-4)
+    assert opts["D"]["param_groups"][0]["lr"] == pytest.approx(3e-4)

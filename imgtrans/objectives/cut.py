@@ -115,8 +115,7 @@ class CUT(ScoresHeldOut, ObjectiveBase):
         return pair_tag(self.name, self.cfg.a, self.cfg.b)
 
     def phases(self) -> list[Phase]:
-        betas = (self.cfg.beta1, self.cfg.beta2)
-        return [Phase("G", ("G_AB", "F"), self.cfg.lr, betas), Phase("D", ("D_B",), self.cfg.lr, betas)]
+        return self.cfg.gan_phases(("G_AB", "F"), ("D_B",))
 
     def dataset(self) -> UnpairedImages:
         return two_domains(self.name, self.cfg.a, self.cfg.b, self.cfg.crop_spec(), self.seed)

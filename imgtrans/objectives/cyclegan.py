@@ -71,8 +71,7 @@ class CycleGAN(ScoresHeldOut, ObjectiveBase):
         return pair_tag(self.name, self.cfg.a, self.cfg.b)
 
     def phases(self) -> list[Phase]:
-        betas = (self.cfg.beta1, self.cfg.beta2)
-        return [Phase("G", ("G_AB", "G_BA"), self.cfg.lr, betas), Phase("D", ("D_A", "D_B"), self.cfg.lr, betas)]
+        return self.cfg.gan_phases(("G_AB", "G_BA"), ("D_A", "D_B"))
 
     def dataset(self) -> UnpairedImages:
         return two_domains(self.name, self.cfg.a, self.cfg.b, self.cfg.crop_spec(), self.seed)

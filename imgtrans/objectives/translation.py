@@ -11,6 +11,7 @@ from imgtrans.errors import UserError
 from imgtrans.nn.diffaug import parse_policy
 from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
+from imgtrans.train.objective import Phase
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,9 @@ class UnpairedGANConfig(HeldOutConfig):
     # "color,translation,cutout"; "": none, the reference's.
     d_augment: str = ""
     lr: float = 2e-4
+    # The discriminators' LR; 0: `lr`. Set apart (e.g. lr 1e-4, lr_d 4e-4) it is the two time-scale
+    # update rule (Heusel et al. 2017), which lets the judges keep pace with the generators.
+    lr_d: float = 0.0
     beta1: float = 0.5
     beta2: float = 0.999
     load_size: int = 0  # 0: crop_size * 286 / 256, the reference ratio
@@ -71,6 +75,11 @@ class UnpairedGANConfig(HeldOutConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         parse_policy(self.d_augment)  # a typo fails at start, not as a silent no-op
+
+    def gan_phases(self, generators: tuple[str, ...], discriminators: tuple[str, ...]) -> list[Phase]:
+        """The generator phase, then the discriminator phase, with their learning rates and Adam betas."""
+        betas = (self.beta1, self.beta2)
+        return [Phase("G", generators, self.lr, betas), Phase("D", discriminators, self.lr_d or self.lr, betas)]
 
     def crop_spec(self) -> CropSpec:
         return CropSpec(load_size=load_size_for(self.crop_size, self.load_size), crop_size=self.crop_size,
