@@ -204,12 +204,12 @@ def _run_config(run_dir: Path) -> dict[str, Any]:
 
 
 # What a generator computes beyond its weights' names and shapes: a run's config.json says them.
-BEHAVIOUR = ("residual", "upsample", "down_pad")
+BEHAVIOUR = ("residual", "upsample", "down_pad", "mask")
 
 
 def _configured_arch(state: Mapping[str, Tensor], model: dict[str, Any], source: str) -> ResnetArch:
     """The generator of a translation run's checkpoint: sizes read off the weights, and the
-    settings in BEHAVIOUR (residual output, resize upsampling, reflect padding) from its config,
+    settings in BEHAVIOUR (residual output, resize upsampling, reflect padding, mask) from its config,
     since they change the computation without (always) changing a name or a shape."""
     try:
         inferred = legacy.infer_resnet_arch(state)

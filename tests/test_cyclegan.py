@@ -55,7 +55,7 @@ def test_run_writes_every_output(domains: tuple[Path, Path], tmp_path: Path) -> 
         assert meta["direction"] == direction and meta["steps"] == 4 and meta["train_size"] == 36  # load_size
         assert meta["arch"] == {"in_channels": 3, "out_channels": 3, "ngf": 8, "n_blocks": 2,
                                 "norm": "instance", "dropout": False, "residual": False,
-                                "upsample": "transpose", "down_pad": "zero"}
+                                "upsample": "transpose", "down_pad": "zero", "mask": False}
         assert meta["data"] == {"a": str(a), "b": str(b)} and "G_AB" in meta["last_losses"]
         assert json.loads((run_dir / "export" / f"{direction}.json").read_text()) == meta
         ckpt = final_nets(run_dir)[net]
@@ -125,17 +125,20 @@ def test_ema_run_exports_both_averaged_generators(domains: tuple[Path, Path], tm
         assert all(torch.equal(state[k], v) for k, v in from_checkpoint.net.state_dict().items())
 
 
-def test_checkpoint_loads_the_generator_its_run_config_names(domains: tuple[Path, Path], tmp_path: Path) -> None:
-    # residual, upsample and down_pad cannot be read off the weights: the run's config.json says them.
+@pytest.mark.parametrize("form", [{"model.residual": True}, {"model.mask": True}])
+def test_checkpoint_loads_the_generator_its_run_config_names(domains: tuple[Path, Path], tmp_path: Path,
+                                                             form: dict[str, bool]) -> None:
+    # residual, mask, upsample and down_pad cannot (all) be read off the weights: the run's config.json says them.
     a, b = domains
-    run_dir = run(request(a, b, tmp_path / "runs", **{"train.steps": 2, "model.residual": True,
+    run_dir = run(request(a, b, tmp_path / "runs", **{"train.steps": 2, **form,
                                                       "model.upsample": "resize", "model.down_pad": "reflect"}))
     x = torch.rand(1, 3, 32, 32) * 2 - 1
     for direction in DIRECTIONS:
         exported = load_generator(str(run_dir / "export" / f"{direction}.safetensors"))
         checkpoint = load_generator(str(latest_checkpoint(run_dir)), direction=direction)
         assert checkpoint.meta["arch"] == exported.meta["arch"]
-        assert exported.meta["arch"]["residual"] is True
+        for key, value in form.items():
+            assert exported.meta["arch"][key.removeprefix("model.")] is value
         with torch.no_grad():
             assert torch.equal(checkpoint.net(x), exported.net(x))
 

@@ -284,7 +284,7 @@ def test_run_writes_samples_checkpoints_and_export(trained: Path, faces: Faces) 
     assert meta["size"] == SIZE and meta["box_spec"] == dataclasses.asdict(EyeBoxSpec()) and meta["steps"] == 4
     assert meta["arch"] == {"in_channels": 8, "out_channels": 3, "ngf": 8, "n_blocks": 1, "norm": "instance",
                             "dropout": False, "residual": False, "upsample": "transpose",
-                            "down_pad": "zero"}
+                            "down_pad": "zero", "mask": False}
     ckpt = load_checkpoint(latest_checkpoint(trained))["nets"]
     assert set(ckpt) == {"G", "D_global", "D_local"}
     assert all(torch.equal(state[k], ckpt["G"][k]) for k in state)

@@ -189,6 +189,34 @@ def test_residual_generator_starts_as_the_identity_and_learns_an_edit() -> None:
         ResnetGenerator(ResnetArch(in_channels=1, out_channels=3, residual=True))
 
 
+def test_masked_generator_starts_near_the_identity_and_learns_to_replace_a_region() -> None:
+    from imgtrans.nn import ResnetGenerator, init_weights
+    from imgtrans.nn.generators import MASK_START_LOGIT, ResnetArch
+
+    torch.manual_seed(0)
+    plain = ResnetGenerator(ResnetArch(ngf=8, n_blocks=2))
+    net = init_weights(ResnetGenerator(ResnetArch(ngf=8, n_blocks=2, mask=True)))
+    # The official layout is untouched (legacy loading, CUT's taps); the mask head comes beside it.
+    assert len(net.model) == len(plain.model)
+    assert set(net.state_dict()) - set(plain.state_dict()) == {"mask_head.1.weight", "mask_head.1.bias"}
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    content = net.model(x)
+    start = torch.sigmoid(torch.tensor(MASK_START_LOGIT))
+    # Before training the output is the input blended with 5% of the content, everywhere alike.
+    assert torch.allclose(net(x), x + start * (content - x), atol=1e-6)
+    assert (net(x) - x).abs().max() < 0.1
+    # Asked for a flat image, the net opens its mask: training replaces the input instead of editing it.
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
+    for _ in range(30):
+        optimizer.zero_grad()
+        (net(x) - 0.5).abs().mean().backward()
+        optimizer.step()
+    keep = torch.sigmoid(net.mask_head(net.model[:-3](x)))
+    assert keep.mean() > 0.5 and (net(x) - 0.5).abs().mean() < 0.5 * (x - 0.5).abs().mean()
+    with pytest.raises(ValueError, match="mask"):
+        ResnetGenerator(ResnetArch(residual=True, mask=True))
+
+
 def test_resize_upsampling_and_reflect_padding_leave_no_checkerboard_or_edge() -> None:
     from imgtrans.nn.generators import ResnetArch
 

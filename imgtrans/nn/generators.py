@@ -11,6 +11,9 @@ from torch import nn
 from imgtrans.nn.norm import conv_bias, norm_layer
 
 
+MASK_START_LOGIT = -3.0  # sigmoid(-3) = 0.047: a masked generator starts 95% input
+
+
 @dataclass(frozen=True)
 class ResnetArch:
     """Architecture arguments of `ResnetGenerator`; stored in exported weights' metadata."""
@@ -32,12 +35,21 @@ class ResnetArch:
     # top and left image borders see padding the bottom and right never do (even sizes), which
     # shows as a bright or dark edge on short runs.
     down_pad: str = "zero"
+    # Output = m * content + (1 - m) * input, m a per-pixel mask in [0, 1] from a second 7x7 head
+    # on the last features (attention-guided translation, Mejjati et al. 2018, Tang et al. 2019).
+    # A residual edit has to cancel the input pixel for pixel to erase a texture (zebra stripes);
+    # a mask replaces the region outright and leaves the rest untouched. The mask starts nearly
+    # shut, so step 0 is close to the identity as with `residual`.
+    mask: bool = False
 
     def __post_init__(self) -> None:
         if self.upsample not in ("transpose", "resize"):
             raise ValueError(f"upsample={self.upsample!r}: use 'transpose' or 'resize'")
         if self.down_pad not in ("zero", "reflect"):
             raise ValueError(f"down_pad={self.down_pad!r}: use 'zero' or 'reflect'")
+        if self.mask and (self.residual or self.out_channels != self.in_channels):
+            raise ValueError("mask=True blends output and input: it needs residual=False and as many "
+                             "input as output channels")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,10 +125,13 @@ class ResnetGenerator(nn.Module):
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(a.ngf, a.out_channels, 7),
                    nn.Identity() if a.residual else nn.Tanh()]
         self.model = nn.Sequential(*layers)
+        # Outside `model`, so the official layout (and the indices CUT taps) stay as they are.
+        self.mask_head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(a.ngf, 1, 7)) if a.mask else None
         self.zero_init()
 
     def zero_init(self) -> None:
-        """Zero the edit layer of a residual generator, so that it starts as the identity map.
+        """Start a residual generator's edit at zero and a masked one's mask nearly shut (about 0.05
+        everywhere), so that either starts at or near the identity map.
 
         `init_weights` calls this after drawing every weight; it does nothing for the reference form.
         """
@@ -124,6 +139,10 @@ class ResnetGenerator(nn.Module):
             last = self.model[-2]
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
+        if self.mask_head is not None:
+            head = self.mask_head[1]
+            nn.init.zeros_(head.weight)
+            nn.init.constant_(head.bias, MASK_START_LOGIT)
 
     def forward(self, x: torch.Tensor, layers: Sequence[int] = ()) -> torch.Tensor | list[torch.Tensor]:
         """The translated image; or, given `layers`, the outputs of those `model` children, in order.
@@ -131,6 +150,11 @@ class ResnetGenerator(nn.Module):
         With `layers` the pass stops after the deepest requested child (encoder features for
         contrastive losses such as CUT's). It is still this module's forward, so DDP wrappers see it.
         """
+        if not layers and self.mask_head is not None:
+            features = self.model[:-3](x)
+            content = self.model[-3:](features)
+            keep = torch.sigmoid(self.mask_head(features))
+            return x + keep * (content - x)
         if not layers:
             y = self.model(x)
             # Unbounded during training, so no pixel loses its gradient at the range ends; every

@@ -55,6 +55,7 @@ class UnpairedGANConfig(HeldOutConfig):
     residual: bool = False  # generator = input + learned edit, starting as the identity (ResnetArch)
     upsample: str = "transpose"  # or "resize": nearest 2x + conv, no checkerboard (ResnetArch)
     down_pad: str = "zero"  # or "reflect": padding of the stride-2 convs (ResnetArch)
+    mask: bool = False  # generator = mask * content + (1 - mask) * input (ResnetArch)
     spectral_norm: bool = False
     d_scales: int = 1  # discriminator scales (PatchArch.scales); 2 adds a half-size judge
     gan_mode: str = "lsgan"
@@ -87,7 +88,7 @@ class UnpairedGANConfig(HeldOutConfig):
 
     def generator_arch(self) -> ResnetArch:
         return ResnetArch(ngf=self.ngf, n_blocks=self.n_blocks, norm=self.norm, dropout=self.dropout,
-                          residual=self.residual, upsample=self.upsample, down_pad=self.down_pad)
+                          residual=self.residual, upsample=self.upsample, down_pad=self.down_pad, mask=self.mask)
 
     def discriminator_arch(self) -> PatchArch:
         return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm,
