@@ -81,7 +81,8 @@ def test_taps_have_the_expected_shapes_and_plain_forward_is_unchanged() -> None:
         g(x, (len(g.model),))
 
 
-@pytest.mark.parametrize("arch", [ResnetArch(ngf=8, n_blocks=2), ResnetArch(in_channels=4, ngf=6, n_blocks=3)])
+@pytest.mark.parametrize("arch", [ResnetArch(ngf=8, n_blocks=2), ResnetArch(in_channels=4, ngf=6, n_blocks=3),
+                                  ResnetArch(ngf=8, n_blocks=2, mask=True)])
 def test_f_channels_match_the_taps(arch: ResnetArch) -> None:
     layers = tuple(range(10 + arch.n_blocks))  # every encoder child
     g = ResnetGenerator(arch)
