@@ -211,8 +211,8 @@ def test_masked_generator_starts_near_the_identity_and_learns_to_replace_a_regio
         optimizer.zero_grad()
         (net(x) - 0.5).abs().mean().backward()
         optimizer.step()
-    keep = torch.sigmoid(net.mask_head(net.model[:-3](x)))
-    assert keep.mean() > 0.5 and (net(x) - 0.5).abs().mean() < 0.5 * (x - 0.5).abs().mean()
+    drawn = torch.sigmoid(net.mask_head(net.model[:-3](x)))
+    assert drawn.mean() > 0.5 and (net(x) - 0.5).abs().mean() < 0.5 * (x - 0.5).abs().mean()
     with pytest.raises(ValueError, match="mask"):
         ResnetGenerator(ResnetArch(residual=True, mask=True))
 

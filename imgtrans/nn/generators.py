@@ -92,7 +92,8 @@ class ResnetGenerator(nn.Module):
     """c7s1-ngf, two stride-2 downsamplings, n residual blocks, two upsamplings, c7s1-out, tanh.
 
     Input and output are in [-1, 1]; the residual form (`ResnetArch.residual`) has no tanh and
-    returns input + edit, unclamped. The network is fully convolutional with a total stride of
+    returns input + edit, unclamped; the masked form (`ResnetArch.mask`) blends the tanh output into
+    the input through a mask from `mask_head`. The network is fully convolutional with a total stride of
     4, so any input whose sides are multiples of 4 keeps its size.
     """
 
@@ -153,8 +154,8 @@ class ResnetGenerator(nn.Module):
         if not layers and self.mask_head is not None:
             features = self.model[:-3](x)
             content = self.model[-3:](features)
-            keep = torch.sigmoid(self.mask_head(features))
-            return x + keep * (content - x)
+            drawn = torch.sigmoid(self.mask_head(features))  # share of each pixel the content replaces
+            return x + drawn * (content - x)
         if not layers:
             y = self.model(x)
             # Unbounded during training, so no pixel loses its gradient at the range ends; every
