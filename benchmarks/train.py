@@ -45,19 +45,20 @@ class Plan:
     steps: int
     rounds: int  # alternating naive/imgtrans runs; the best of each counts
     bf16_ngf: int  # also time amp=bf16 at this ngf (0: skip)
+    mask_ngf: int  # also time the masked generators (--set mask=true) at this ngf (0: skip)
     compile_ngf: int  # also time torch.compile'd networks at this ngf (0: skip)
 
 
-FULL = Plan(128, (32, 64), 9, 1, 6, 2, 32, 32)
-QUICK = Plan(32, (8,), 9, 1, 2, 1, 0, 0)
+FULL = Plan(128, (32, 64), 9, 1, 6, 2, bf16_ngf=32, mask_ngf=32, compile_ngf=32)
+QUICK = Plan(32, (8,), 9, 1, 2, 1, bf16_ngf=0, mask_ngf=8, compile_ngf=0)
 COMPILE_WARMUP = 3  # steps: the first compiles both phases' graphs, later ones must not recompile
 
 
-def cyclegan(folder: Path, ngf: int, plan: Plan) -> Any:
+def cyclegan(folder: Path, ngf: int, plan: Plan, mask: bool = False) -> Any:
     from imgtrans.objectives.cyclegan import CycleGAN, CycleGANConfig
 
     cfg = CycleGANConfig(a=str(folder / "A"), b=str(folder / "B"), ngf=ngf, n_blocks=plan.n_blocks,
-                         crop_size=plan.crop)
+                         crop_size=plan.crop, mask=mask)
     torch.manual_seed(0)
     return CycleGAN(cfg, seed=0)
 
@@ -155,17 +156,18 @@ def naive_step(folder: Path, ngf: int, plan: Plan) -> dict[str, Any]:
 
 # ----- imgtrans -----------------------------------------------------------------------------
 def imgtrans_step(folder: Path, ngf: int, plan: Plan, amp: str = "off", compiled: bool = False,
-                  branches: bool = True) -> dict[str, Any]:
+                  branches: bool = True, mask: bool = False) -> dict[str, Any]:
     """imgtrans's Trainer.train_step as `imgtrans train cyclegan` runs it (data already in memory).
 
     `compiled`: every network wrapped in torch.compile (inductor) first, a candidate not shipped.
     `branches`: False runs the A and B halves one after the other (each on all threads).
+    `mask`: the masked generators (`--set mask=true`), whose second 7x7 head draws the mask.
     """
     from imgtrans.train.runtime import init_runtime
     from imgtrans.train.trainer import Trainer, TrainConfig
 
     cfg = TrainConfig(steps=1000, device="cpu", workers=0, amp=amp, branches=branches)
-    objective = cyclegan(folder, ngf, plan)
+    objective = cyclegan(folder, ngf, plan, mask=mask)
     if compiled:
         objective._nets = {name: torch.compile(net) for name, net in objective._nets.items()}
         objective.nets = dict(objective._nets)
@@ -215,6 +217,8 @@ def run_one(case: str, workdir: Path, plan: Plan) -> dict[str, Any]:
         return imgtrans_step(workdir, ngf, plan, branches=False)
     if kind == "bf16":
         return imgtrans_step(workdir, ngf, plan, amp="bf16")
+    if kind == "mask":
+        return imgtrans_step(workdir, ngf, plan, mask=True)
     if kind == "compile":
         return imgtrans_step(workdir, ngf, plan, compiled=True)
     if kind == "adam":
@@ -237,6 +241,8 @@ def step_rows(ngf: int, plan: Plan, work: Path, extra: list[str], notes: list[st
             res[kind] = faster(res.get(kind), run_case(SCRIPT, f"{kind}:{ngf}", work, extra))
     if plan.bf16_ngf == ngf:
         res["bf16"] = run_case(SCRIPT, f"bf16:{ngf}", work, extra)
+    if plan.mask_ngf == ngf:
+        res["mask"] = run_case(SCRIPT, f"mask:{ngf}", work, extra)
     if plan.compile_ngf == ngf:
         res["compile"] = run_case(SCRIPT, f"compile:{ngf}", work, extra)
         notes.append(f"- torch.compile at ngf {ngf}: the {COMPILE_WARMUP} warm-up steps (compiling) took "
@@ -247,6 +253,7 @@ def step_rows(ngf: int, plan: Plan, work: Path, extra: list[str], notes: list[st
                           + (", A and B halves concurrently)" if res["imgtrans"].values["concurrent"] else ")"),
               "sequential": "imgtrans Trainer, halves one after the other (--set branches=false)",
               "bf16": "imgtrans Trainer, --set amp=bf16",
+              "mask": "imgtrans Trainer, masked generators (--set mask=true; fp32)",
               "compile": "imgtrans Trainer, torch.compile'd networks (not shipped)"}
     rows = []
     for kind, r in res.items():

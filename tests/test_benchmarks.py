@@ -70,7 +70,7 @@ def test_translate_quick_prints_every_table() -> None:
 def test_train_quick_prints_naive_and_imgtrans_steps() -> None:
     out = quick("train.py")
     for row in ("naive reference step", "imgtrans Trainer as shipped (fp32, Adam fused", "halves one after the other",
-                "steps/s",
+                "masked generators (--set mask=true", "steps/s",
                 ">= 1.5x naive", "Adam update alone", "| loop ", "| foreach ", "| fused "):
         assert row in out
 
