@@ -123,6 +123,28 @@ def test_two_scale_discriminator_scores_both_scales_in_cut() -> None:
     assert g_terms["G_GAN"].item() > 0
 
 
+def test_r1_penalty_joins_the_judges_loss_in_cut() -> None:
+    """With `r1_gamma` D_B's loss gains gamma / 2 * R1 on the real B images, and its gradient."""
+    from imgtrans.nn.losses import r1_penalty
+
+    gen = torch.Generator().manual_seed(0)
+    batch = {k: torch.rand(1, 3, 32, 32, generator=gen) * 2 - 1 for k in ("A", "B")}
+    grads = {}
+    for gamma in (0.0, 6.0):
+        torch.manual_seed(0)
+        cut = CUT(CUTConfig(ngf=8, ndf=8, n_blocks=2, n_layers_d=2, nce_layers=LAYERS, f_width=16,
+                            crop_size=32, r1_gamma=gamma))
+        cut.loss("G", batch)
+        total, terms = cut.loss("D", batch)
+        total.backward()
+        grads[gamma] = cut.networks()["D_B"].model[0].weight.grad.clone()
+    real = batch["B"].clone().requires_grad_(True)
+    want = 3.0 * r1_penalty(cut.networks()["D_B"](real), real)
+    assert terms["r1"].item() == pytest.approx(want.item(), rel=1e-5) and want.item() > 0
+    assert total.item() == pytest.approx(sum(v.item() for v in terms.values()), rel=1e-5)
+    assert not torch.allclose(grads[0.0], grads[6.0])
+
+
 def test_patch_head_samples_shared_positions_as_unit_vectors() -> None:
     torch.manual_seed(0)
     feats = [torch.randn(2, 3, 6, 6), torch.randn(2, 5, 2, 2)]

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weights
-from imgtrans.nn.losses import l1
+from imgtrans.nn.losses import l1, r1_penalty
 
 KEYS = Path(__file__).resolve().parents[1] / "tests" / "official_resnet9_keys.txt"
 
@@ -159,6 +159,20 @@ def test_gan_loss_is_float32_under_bf16_inputs() -> None:
 def test_unknown_gan_mode() -> None:
     with pytest.raises(ValueError, match="gan_mode"):
         GANLoss("wgan")
+
+
+def test_r1_penalty_equals_the_analytic_gradient_norm_and_trains_the_judge() -> None:
+    """For a 1x1-conv judge the score's input gradient is w_c / (H W) at every pixel, so the
+    penalty is sum(w^2) / (H W); a list of maps adds their scores; the graph reaches the weights."""
+    conv = nn.Conv2d(3, 1, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -2.0, 3.0]).view(1, 3, 1, 1))
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    got = r1_penalty(conv(x), x)
+    assert got.item() == pytest.approx(14.0 / 20, rel=1e-6)
+    assert r1_penalty([conv(x), conv(x)], x).item() == pytest.approx(4 * 14.0 / 20, rel=1e-6)
+    got.backward()
+    assert torch.allclose(conv.weight.grad.flatten(), 2 * torch.tensor([1.0, -2.0, 3.0]) / 20)
 
 
 def test_l1() -> None:

@@ -1,4 +1,4 @@
-"""Adversarial losses (lsgan | vanilla | hinge) and the reconstruction loss."""
+"""Adversarial losses (lsgan | vanilla | hinge), the R1 gradient penalty and the reconstruction loss."""
 
 from __future__ import annotations
 
@@ -45,3 +45,17 @@ class GANLoss(nn.Module):
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute error in float32."""
     return F.l1_loss(a.float(), b.float())
+
+
+def r1_penalty(pred: torch.Tensor | list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+    """Zero-centred gradient penalty on real images (R1, Mescheder et al. 2018): the mean over the
+    batch of |d score / d image|^2, an image's score being the mean of its logit map(s).
+
+    `images` must require grad and `pred` come from them; the graph is kept (create_graph) so the
+    penalty trains the discriminator through a double backward. The patch map's mean, not its sum,
+    keeps the penalty on the same per-image scale as GANLoss, whatever the map's size.
+    """
+    maps = pred if isinstance(pred, (list, tuple)) else [pred]
+    score = torch.stack([m.float().flatten(1).mean(1) for m in maps]).sum()
+    (grad,) = torch.autograd.grad(score, images, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()

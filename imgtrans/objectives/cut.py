@@ -26,7 +26,7 @@ from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weigh
 from imgtrans.nn.diffaug import DiffAugment
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.patchnce import PatchHead, patch_nce, sample_patch_ids
-from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig
+from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig, judge_real
 from imgtrans.train.objective import Losses, ObjectiveBase, Phase
 
 # What fast=true writes into the config (FastCUT, paper section 4). FastCUT also trains 150 + 50
@@ -162,9 +162,12 @@ class CUT(ScoresHeldOut, ObjectiveBase):
         if self._fake is None:
             raise RuntimeError("the D phase needs the G phase's translation of the same step")
         d = self.nets["D_B"]
-        terms: Losses = {"D_real": 0.5 * self.gan(d(self.aug(batch["B"])), True),
+        pred_real, r1 = judge_real(d, self.aug, batch["B"], self.cfg.r1_gamma)
+        terms: Losses = {"D_real": 0.5 * self.gan(pred_real, True),
                          "D_fake": 0.5 * self.gan(d(self.aug(self._fake)), False)}
-        total = terms["D_real"] + terms["D_fake"]
+        if r1 is not None:
+            terms["r1"] = r1
+        total = sum(terms.values())
         return total, {k: v.detach() for k, v in terms.items()}
 
     def state_dict(self) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weigh
 from imgtrans.nn.diffaug import DiffAugment
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.losses import l1
-from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig
+from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig, judge_real
 from imgtrans.train.objective import Branch, Losses, ObjectiveBase, Phase, combine
 from imgtrans.train.pool import ImagePool
 
@@ -109,8 +109,11 @@ class CycleGAN(ScoresHeldOut, ObjectiveBase):
     def _judge(self, batch: dict[str, torch.Tensor], domain: str) -> tuple[torch.Tensor, Losses]:
         d, aug = self.nets[f"D_{domain}"], self.augs[domain]
         fake = self.pools[domain].query(self._fakes[domain])
-        loss = 0.5 * (self.gan(d(aug(batch[domain])), True) + self.gan(d(aug(fake)), False))
-        return loss, {f"D_{domain}": loss.detach()}
+        pred_real, r1 = judge_real(d, aug, batch[domain], self.cfg.r1_gamma)
+        loss = 0.5 * (self.gan(pred_real, True) + self.gan(d(aug(fake)), False))
+        if r1 is None:
+            return loss, {f"D_{domain}": loss.detach()}
+        return loss + r1, {f"D_{domain}": loss.detach(), f"r1_{domain}": r1.detach()}
 
     def sample(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         n = self.nets

@@ -6,11 +6,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import nn
+
 from imgtrans.data.transforms import CropSpec, load_size_for
 from imgtrans.errors import UserError
 from imgtrans.nn.diffaug import parse_policy
 from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
+from imgtrans.nn.losses import r1_penalty
 from imgtrans.train.objective import Phase
 
 
@@ -62,6 +66,9 @@ class UnpairedGANConfig(HeldOutConfig):
     # DiffAugment policy for every image a discriminator judges (imgtrans/nn/diffaug.py), e.g.
     # "color,translation,cutout"; "": none, the reference's.
     d_augment: str = ""
+    # R1 weight gamma (imgtrans.nn.losses.r1_penalty): gamma / 2 * |grad D(real)|^2 is added to each
+    # judge's loss, smoothing it around the real images (StyleGAN2, R3GAN); 0: off, the reference's.
+    r1_gamma: float = 0.0
     lr: float = 2e-4
     # The discriminators' LR; 0: `lr`. Set apart (e.g. lr 1e-4, lr_d 4e-4) it is the two time-scale
     # update rule (Heusel et al. 2017), which lets the judges keep pace with the generators.
@@ -76,6 +83,8 @@ class UnpairedGANConfig(HeldOutConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         parse_policy(self.d_augment)  # a typo fails at start, not as a silent no-op
+        if self.r1_gamma < 0:
+            raise UserError(f"r1_gamma must be >= 0 (got {self.r1_gamma}); 0 turns the penalty off")
 
     def gan_phases(self, generators: tuple[str, ...], discriminators: tuple[str, ...]) -> list[Phase]:
         """The generator phase, then the discriminator phase, with their learning rates and Adam betas."""
@@ -93,6 +102,16 @@ class UnpairedGANConfig(HeldOutConfig):
     def discriminator_arch(self) -> PatchArch:
         return PatchArch(ndf=self.ndf, n_layers=self.n_layers_d, norm=self.norm, spectral_norm=self.spectral_norm,
                          scales=self.d_scales)
+
+
+def judge_real(d: nn.Module, aug: nn.Module, real: torch.Tensor, r1_gamma: float) -> tuple[Any, torch.Tensor | None]:
+    """A discriminator's logits on (augmented) real images and, with r1_gamma > 0, its weighted R1
+    penalty, taken against the images before augmentation as StyleGAN2-ADA does; else None."""
+    if r1_gamma <= 0:
+        return d(aug(real)), None
+    real = real.detach().requires_grad_(True)
+    pred = d(aug(real))
+    return pred, r1_penalty(pred, real) * (r1_gamma / 2)
 
 
 class ScoresHeldOut:
