@@ -88,3 +88,17 @@ def test_two_processes_resume(domains: tuple[Path, Path], tmp_path: Path) -> Non
     # Each rank keeps its own image pool (and RNG), restored to its own rank on resume.
     pools = [r["objective"]["pool_A"]["images"] for r in state["ranks"]]
     assert all(p.shape[0] == 3 for p in pools) and not torch.equal(pools[0], pools[1])
+
+
+def test_two_processes_train_with_the_r1_penalty(domains: tuple[Path, Path], tmp_path: Path) -> None:
+    """The R1 penalty's double backward runs under DDP and keeps the two ranks identical."""
+    a, b = domains
+    values = {**SETTINGS, "train.steps": 2, "model.r1_gamma": 10.0}
+    p = torchrun(["train", "cyclegan", "--a", str(a), "--b", str(b), "--out", str(tmp_path / "ddp"), "-q",
+                  *sets(values)], tmp_path)
+    assert p.returncode == 0, p.stderr[-3000:]
+    run_dir = next((tmp_path / "ddp").iterdir())
+    ddp = load_checkpoint(latest_checkpoint(run_dir))
+    assert ddp["step"] == 2 and ddp["ranks"][0]["fingerprint"] == ddp["ranks"][1]["fingerprint"]
+    stats = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
+    assert all(s["loss/r1_A"] > 0 and s["loss/r1_B"] > 0 for s in stats)

@@ -1,4 +1,4 @@
-"""What the translation objectives share: their network, data and held-out settings, and scoring on the held-out set."""
+"""What the translation objectives share: settings, judging real images (R1 penalty) and held-out scoring."""
 
 from __future__ import annotations
 
