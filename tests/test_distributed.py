@@ -33,12 +33,18 @@ def sets(values: dict) -> list[str]:
     return [x for k, v in values.items() for x in ("--set", f"{k}={v}")]
 
 
+def train_two_processes(domains: tuple[Path, Path], values: dict, tmp: Path) -> Path:
+    """A two-rank CycleGAN run on the two folders with these settings; its run folder."""
+    a, b = domains
+    p = torchrun(["train", "cyclegan", "--a", str(a), "--b", str(b), "--out", str(tmp / "ddp"), "-q",
+                  *sets(values)], tmp)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return next((tmp / "ddp").iterdir())
+
+
 def test_two_processes_stay_identical_and_match_one(domains: tuple[Path, Path], tmp_path: Path) -> None:
     a, b = domains
-    p = torchrun(["train", "cyclegan", "--a", str(a), "--b", str(b), "--out", str(tmp_path / "ddp"), "-q",
-                  *sets(SETTINGS)], tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    run_dir = next((tmp_path / "ddp").iterdir())
+    run_dir = train_two_processes(domains, SETTINGS, tmp_path)
     ddp = load_checkpoint(latest_checkpoint(run_dir))
     assert ddp["step"] == 4 and len(ddp["ranks"]) == 2
     # Each rank hashed its own parameters bit for bit: identical across ranks.
@@ -74,12 +80,7 @@ def test_two_processes_stay_identical_and_match_one(domains: tuple[Path, Path], 
         assert stats[0][-1][key] == pytest.approx(stats[1][-1][key], rel=1e-2), key
 
 def test_two_processes_resume(domains: tuple[Path, Path], tmp_path: Path) -> None:
-    a, b = domains
-    values = {**SETTINGS, "train.steps": 2, "model.pool_size": 3}
-    p = torchrun(["train", "cyclegan", "--a", str(a), "--b", str(b), "--out", str(tmp_path / "ddp"), "-q",
-                  *sets(values)], tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    run_dir = next((tmp_path / "ddp").iterdir())
+    run_dir = train_two_processes(domains, {**SETTINGS, "train.steps": 2, "model.pool_size": 3}, tmp_path)
     p = torchrun(["train", "cyclegan", "--resume", str(run_dir), "--steps", "4", "-q"], tmp_path)
     assert p.returncode == 0, p.stderr[-3000:]
     state = load_checkpoint(latest_checkpoint(run_dir))
@@ -92,12 +93,7 @@ def test_two_processes_resume(domains: tuple[Path, Path], tmp_path: Path) -> Non
 
 def test_two_processes_train_with_the_r1_penalty(domains: tuple[Path, Path], tmp_path: Path) -> None:
     """The R1 penalty's double backward runs under DDP and keeps the two ranks identical."""
-    a, b = domains
-    values = {**SETTINGS, "train.steps": 2, "model.r1_gamma": 10.0}
-    p = torchrun(["train", "cyclegan", "--a", str(a), "--b", str(b), "--out", str(tmp_path / "ddp"), "-q",
-                  *sets(values)], tmp_path)
-    assert p.returncode == 0, p.stderr[-3000:]
-    run_dir = next((tmp_path / "ddp").iterdir())
+    run_dir = train_two_processes(domains, {**SETTINGS, "train.steps": 2, "model.r1_gamma": 10.0}, tmp_path)
     ddp = load_checkpoint(latest_checkpoint(run_dir))
     assert ddp["step"] == 2 and ddp["ranks"][0]["fingerprint"] == ddp["ranks"][1]["fingerprint"]
     stats = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
