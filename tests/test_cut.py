@@ -123,6 +123,27 @@ def test_two_scale_discriminator_scores_both_scales_in_cut() -> None:
     assert g_terms["G_GAN"].item() > 0
 
 
+def test_relativistic_gan_terms_in_cut() -> None:
+    """With `gan_mode=ralsgan` G_GAN scores the translation against D_B's logits on the real B
+    images, and the judge's two terms pair real B with that translation."""
+    from imgtrans.nn import GANLoss
+
+    torch.manual_seed(0)
+    cut = CUT(CUTConfig(ngf=8, ndf=8, n_blocks=2, n_layers_d=2, nce_layers=LAYERS, f_width=16,
+                        crop_size=32, gan_mode="ralsgan", nce_idt=False, flip_equivariance=False))
+    gen = torch.Generator().manual_seed(0)
+    batch = {k: torch.rand(1, 3, 32, 32, generator=gen) * 2 - 1 for k in ("A", "B")}
+    _, g_terms = cut.loss("G", batch)
+    _, d_terms = cut.loss("D", batch)
+    n, gan = cut.networks(), GANLoss("ralsgan")
+    with torch.no_grad():
+        fake, real = n["D_B"](n["G_AB"](batch["A"])), n["D_B"](batch["B"])
+    assert g_terms["G_GAN"].item() == pytest.approx(gan.fool(fake, real).item(), rel=1e-5)
+    on_real, on_fake = gan.judge(real, fake)
+    assert d_terms["D_real"].item() == pytest.approx(0.5 * on_real.item(), rel=1e-5)
+    assert d_terms["D_fake"].item() == pytest.approx(0.5 * on_fake.item(), rel=1e-5)
+
+
 def test_r1_penalty_joins_the_judges_loss_in_cut() -> None:
     """With `r1_gamma` D_B's loss gains gamma / 2 * R1 on the real B images, and its gradient."""
     from imgtrans.nn.losses import r1_penalty

@@ -121,6 +121,37 @@ def test_r1_penalty_joins_the_judges_losses_and_resumes_exactly(domains: tuple[P
         CycleGANConfig(r1_gamma=-1.0)
 
 
+def test_relativistic_gan_mode_judges_fakes_against_reals_and_resumes_exactly(
+        domains: tuple[Path, Path], tmp_path: Path) -> None:
+    """`gan_mode=ralsgan`: each generator's adversarial term is the relativistic one against its
+    judge's logits on the real images of the target domain; the judges' terms pair reals with the
+    pooled fakes; a stopped and resumed run equals the straight one."""
+    from imgtrans.nn import GANLoss
+    from imgtrans.objectives.cyclegan import CycleGANConfig
+
+    cfg = CycleGANConfig(ngf=8, ndf=8, n_blocks=1, n_layers_d=2, crop_size=32, pool_size=0, gan_mode="ralsgan")
+    obj = CycleGAN(cfg)
+    gen = torch.Generator().manual_seed(0)
+    batch = {k: torch.rand(2, 3, 32, 32, generator=gen) * 2 - 1 for k in "AB"}
+    nets, gan = obj.networks(), GANLoss("ralsgan")
+    _, g_terms = obj.loss("G", batch)
+    with torch.no_grad():
+        fake_b = nets["G_AB"](batch["A"])
+        want_g = gan.fool(nets["D_B"](fake_b), nets["D_B"](batch["B"]))
+        want_d = 0.5 * sum(gan.judge(nets["D_B"](batch["B"]), nets["D_B"](fake_b)))
+    assert g_terms["G_AB"].item() == pytest.approx(want_g.item(), rel=1e-5)
+    assert g_terms["G_AB"].item() != pytest.approx(GANLoss("lsgan")(nets["D_B"](fake_b), True).item(), rel=1e-3)
+    _, d_terms = obj.loss("D", batch)
+    assert d_terms["D_B"].item() == pytest.approx(want_d.item(), rel=1e-5)
+
+    a, b = domains
+    steps = {"train.steps": 4, "train.deterministic": True, "model.gan_mode": "ralsgan"}
+    straight = run(request(a, b, tmp_path / "one", **steps))
+    first = run(RunRequest(**{**request(a, b, tmp_path / "two", **steps).__dict__, "until": 2}))
+    resumed = run(RunRequest(objective="cyclegan", values={}, resume=str(first), quiet=True))
+    assert_nets_close(final_nets(straight), final_nets(resumed), atol=1e-6)
+
+
 def test_export_rebuilds_the_trained_generator(domains: tuple[Path, Path], tmp_path: Path) -> None:
     a, b = domains
     run_dir = run(request(a, b, tmp_path / "runs", **{"train.steps": 2}))

@@ -323,6 +323,18 @@ def test_resume_matches_uninterrupted_run(faces: Faces, tmp_path: Path, fake_det
     assert [json.loads(x)["loss/hole"] for x in s1] == pytest.approx([json.loads(x)["loss/hole"] for x in s2])
 
 
+def test_relativistic_gan_mode_trains_both_judges(faces: Faces, tmp_path: Path, fake_detector: None) -> None:
+    """`gan_mode=ralsgan` reaches the in-painter too: its generator terms need both judges' logits
+    on the real faces, and the run learns something else than the default hinge run."""
+    cfg = {"train.steps": 2, "train.deterministic": True}
+    hinge = run(request(faces, tmp_path / "hinge", **cfg))
+    rel = run(request(faces, tmp_path / "rel", **cfg, **{"model.gan_mode": "ralsgan"}))
+    stats = [json.loads(x) for x in (rel / "stats.jsonl").read_text().splitlines()]
+    assert all(np.isfinite(s[k]) for s in stats for k in ("loss/G_global", "loss/G_local", "loss/D_local"))
+    h, r = final_nets(hinge)["D_local"], final_nets(rel)["D_local"]
+    assert any(not torch.equal(h[k], r[k]) for k in h)
+
+
 # ----- inference ---------------------------------------------------------------------------
 def aligned_faces(faces: Faces, n: int) -> np.ndarray:
     ds = dataset(faces)

@@ -156,6 +156,54 @@ def test_gan_loss_is_float32_under_bf16_inputs() -> None:
     assert GANLoss("lsgan")(pred, True).dtype == torch.float32
 
 
+def test_ralsgan_scores_each_side_against_the_other_sides_mean() -> None:
+    """Relativistic average LSGAN: D wants real - mean(fake) = +1 and fake - mean(real) = -1;
+    G wants the reverse, its two terms averaged."""
+    loss = GANLoss("ralsgan")
+    real = torch.tensor([[[[2.0, 0.0]]]])  # mean 1
+    fake = torch.tensor([[[[-1.0, 1.0]]]])  # mean 0
+    on_real, on_fake = loss.judge(real, fake)
+    assert on_real.item() == pytest.approx(((2 - 0 - 1) ** 2 + (0 - 0 - 1) ** 2) / 2)  # 1.0
+    assert on_fake.item() == pytest.approx(((-1 - 1 + 1) ** 2 + (1 - 1 + 1) ** 2) / 2)  # 1.0
+    fool_fake = ((-1 - 1 - 1) ** 2 + (1 - 1 - 1) ** 2) / 2  # 5.0
+    fool_real = ((2 - 0 + 1) ** 2 + (0 - 0 + 1) ** 2) / 2  # 5.0
+    assert loss.fool(fake, real).item() == pytest.approx(0.5 * (fool_fake + fool_real))
+    # A judge whose real logits sit exactly 1 above the fakes' mean (and fakes 1 below the reals')
+    # has nothing left to learn; the generator's loss is then at its largest mirrored value.
+    perfect_real, perfect_fake = torch.full((1, 1, 2, 2), 0.5), torch.full((1, 1, 2, 2), -0.5)
+    assert sum(loss.judge(perfect_real, perfect_fake)).item() == 0.0
+    assert loss.fool(perfect_fake, perfect_real).item() == pytest.approx(4.0)
+    # Only the fakes carry the generator's gradient, through both terms.
+    fake_g, real_g = fake.clone().requires_grad_(True), real.clone().requires_grad_(True)
+    loss.fool(fake_g, real_g).backward()
+    assert real_g.grad is None and fake_g.grad is not None and fake_g.grad.abs().sum() > 0
+    assert loss.relativistic and not GANLoss("lsgan").relativistic
+
+
+def test_ralsgan_pairs_the_maps_of_each_scale_and_needs_both_sides() -> None:
+    loss = GANLoss("ralsgan")
+    real = [torch.full((1, 1, 4, 4), 0.5), torch.tensor([[[[-2.0, 3.0]]]])]
+    fake = [torch.full((1, 1, 4, 4), -0.2), torch.tensor([[[[1.0, 0.0]]]])]
+    want = [(loss.judge(r, f), loss.fool(f, r)) for r, f in zip(real, fake)]
+    got_real, got_fake = loss.judge(real, fake)
+    assert got_real.item() == pytest.approx((want[0][0][0] + want[1][0][0]).item() / 2)
+    assert got_fake.item() == pytest.approx((want[0][0][1] + want[1][0][1]).item() / 2)
+    assert loss.fool(fake, real).item() == pytest.approx((want[0][1] + want[1][1]).item() / 2)
+    with pytest.raises(ValueError, match="logits on real images"):
+        loss.fool(fake)
+    with pytest.raises(ValueError, match="judge"):
+        loss(fake[0], True)
+
+
+@pytest.mark.parametrize("mode", ["lsgan", "vanilla", "hinge"])
+def test_judge_and_fool_are_the_single_sided_losses_in_other_modes(mode: str) -> None:
+    loss = GANLoss(mode)
+    real, fake = torch.tensor([[0.3, 1.2]]), torch.tensor([[-0.4, 0.9]])
+    on_real, on_fake = loss.judge(real, fake)
+    assert on_real.item() == loss(real, True).item() and on_fake.item() == loss(fake, False).item()
+    assert loss.fool(fake, real).item() == loss(fake, True, for_d=False).item() == loss.fool(fake).item()
+
+
 def test_unknown_gan_mode() -> None:
     with pytest.raises(ValueError, match="gan_mode"):
         GANLoss("wgan")

@@ -1,4 +1,4 @@
-"""Adversarial losses (lsgan | vanilla | hinge), the R1 gradient penalty and the reconstruction loss."""
+"""Adversarial losses (lsgan | vanilla | hinge | ralsgan), the R1 gradient penalty and the reconstruction loss."""
 
 from __future__ import annotations
 
@@ -6,7 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-GAN_MODES = ("lsgan", "vanilla", "hinge")
+GAN_MODES = ("lsgan", "vanilla", "hinge", "ralsgan")
+# Modes that score an image against the other side's mean logit, so both sides' logits go in.
+RELATIVISTIC = ("ralsgan",)
+
+Logits = torch.Tensor | list[torch.Tensor]
 
 
 class GANLoss(nn.Module):
@@ -16,6 +20,10 @@ class GANLoss(nn.Module):
     `for_d` matters only for hinge, whose generator loss is -mean(D(fake)) rather than a margin.
     Computed in float32 so mixed-precision logits do not lose the loss's precision. A list of
     maps (a multi-scale discriminator's) gives the mean of the per-map losses.
+
+    Objectives call `judge` and `fool`, which take both sides' logits and so serve every mode:
+    "ralsgan" (relativistic average LSGAN, Jolicoeur-Martineau 2019) asks the judge how much more
+    real a real image looks than the average fake (and the reverse), not whether each looks real.
     """
 
     def __init__(self, mode: str = "lsgan") -> None:
@@ -24,7 +32,40 @@ class GANLoss(nn.Module):
             raise ValueError(f"unknown gan_mode {mode!r}; choose one of {', '.join(GAN_MODES)}")
         self.mode = mode
 
-    def forward(self, pred: torch.Tensor | list[torch.Tensor], real: bool, for_d: bool = True) -> torch.Tensor:
+    @property
+    def relativistic(self) -> bool:
+        """Whether `fool` needs the judge's logits on real images too."""
+        return self.mode in RELATIVISTIC
+
+    def judge(self, pred_real: Logits, pred_fake: Logits) -> tuple[torch.Tensor, torch.Tensor]:
+        """The discriminator's terms on its real and on its fake images (callers weight each by 0.5)."""
+        if not self.relativistic:
+            return self(pred_real, True), self(pred_fake, False)
+        return self._paired(pred_real, pred_fake, True), self._paired(pred_fake, pred_real, False)
+
+    def fool(self, pred_fake: Logits, pred_real: Logits | None = None) -> torch.Tensor:
+        """The generator's adversarial term. A relativistic mode also needs `pred_real` (taken as
+        constants: reals do not depend on the generator) and averages its two mirrored terms, so the
+        adversarial weight keeps the scale it has beside the L1 terms in the other modes."""
+        if not self.relativistic:
+            return self(pred_fake, True, for_d=False)
+        if pred_real is None:
+            raise ValueError(f"gan_mode {self.mode!r} needs the discriminator's logits on real images")
+        pred_real = [p.detach() for p in pred_real] if isinstance(pred_real, (list, tuple)) else pred_real.detach()
+        return 0.5 * (self._paired(pred_fake, pred_real, True) + self._paired(pred_real, pred_fake, False))
+
+    def _paired(self, pred: Logits, other: Logits, real: bool) -> torch.Tensor:
+        """Relativistic LSGAN: (pred - mean(other) -/+ 1)^2, per discriminator scale."""
+        if isinstance(pred, (list, tuple)):
+            return torch.stack([self._paired(p, o, real) for p, o in zip(pred, other, strict=True)]).mean()
+        # The other side's mean over the batch and the patch map: one reference logit per step,
+        # which at batch 1 is still the mean of a whole map rather than a single patch.
+        rel = pred.float() - other.float().mean()
+        return F.mse_loss(rel, torch.full_like(rel, 1.0 if real else -1.0))
+
+    def forward(self, pred: Logits, real: bool, for_d: bool = True) -> torch.Tensor:
+        if self.relativistic:
+            raise ValueError(f"gan_mode {self.mode!r} scores pairs: call judge() or fool()")
         if isinstance(pred, (list, tuple)):
             return torch.stack([self._one(p, real, for_d) for p in pred]).mean()
         return self._one(pred, real, for_d)
@@ -47,7 +88,7 @@ def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return F.l1_loss(a.float(), b.float())
 
 
-def r1_penalty(pred: torch.Tensor | list[torch.Tensor], images: torch.Tensor) -> torch.Tensor:
+def r1_penalty(pred: Logits, images: torch.Tensor) -> torch.Tensor:
     """Zero-centred gradient penalty on real images (R1, Mescheder et al. 2018): the mean over the
     batch of |d score / d image|^2, an image's score being the mean of its logit map(s).
 

@@ -26,7 +26,7 @@ from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weigh
 from imgtrans.nn.diffaug import DiffAugment
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.patchnce import PatchHead, patch_nce, sample_patch_ids
-from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig, judge_real
+from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig, judge_real, real_logits
 from imgtrans.train.objective import Losses, ObjectiveBase, Phase
 
 # What fast=true writes into the config (FastCUT, paper section 4). FastCUT also trains 150 + 50
@@ -131,7 +131,8 @@ class CUT(ScoresHeldOut, ObjectiveBase):
         src = torch.cat([real_a, real_b]) if c.nce_idt else real_a
         out = n["G_AB"](src.flip(3) if flipped else src)
         fake_b = out[: len(real_a)]  # mirrored when flipped: still a domain B image for D
-        terms: Losses = {"G_GAN": self.gan(n["D_B"](self.aug(fake_b)), True, for_d=False) * c.lambda_gan}
+        pred_real = real_logits(self.gan, n["D_B"], self.aug, real_b)
+        terms: Losses = {"G_GAN": self.gan.fool(n["D_B"](self.aug(fake_b)), pred_real) * c.lambda_gan}
         nce_a = self._nce(real_a, fake_b, flipped)
         if c.nce_idt:
             terms["NCE"] = 0.5 * nce_a  # CUT averages the two contrastive terms
@@ -163,8 +164,8 @@ class CUT(ScoresHeldOut, ObjectiveBase):
             raise RuntimeError("the D phase needs the G phase's translation of the same step")
         d = self.nets["D_B"]
         pred_real, r1 = judge_real(d, self.aug, batch["B"], self.cfg.r1_gamma)
-        terms: Losses = {"D_real": 0.5 * self.gan(pred_real, True),
-                         "D_fake": 0.5 * self.gan(d(self.aug(self._fake)), False)}
+        on_real, on_fake = self.gan.judge(pred_real, d(self.aug(self._fake)))
+        terms: Losses = {"D_real": 0.5 * on_real, "D_fake": 0.5 * on_fake}
         if r1 is not None:
             terms["r1"] = r1
         total = sum(terms.values())

@@ -13,7 +13,7 @@ from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weigh
 from imgtrans.nn.diffaug import DiffAugment
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.losses import l1
-from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig, judge_real
+from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig, judge_real, real_logits
 from imgtrans.train.objective import Branch, Losses, ObjectiveBase, Phase, combine
 from imgtrans.train.pool import ImagePool
 
@@ -96,8 +96,9 @@ class CycleGAN(ScoresHeldOut, ObjectiveBase):
         forward, back = n[f"G_{src}{dst}"], n[f"G_{dst}{src}"]
         real = batch[src]
         fake = forward(real)
+        d, aug = n[f"D_{dst}"], self.augs[dst]
         terms: Losses = {
-            f"G_{src}{dst}": self.gan(n[f"D_{dst}"](self.augs[dst](fake)), True, for_d=False),
+            f"G_{src}{dst}": self.gan.fool(d(aug(fake)), real_logits(self.gan, d, aug, batch[dst])),
             f"cycle_{src}": l1(back(fake), real) * c.cycle_weight(src),
         }
         if c.lambda_identity > 0:
@@ -110,7 +111,7 @@ class CycleGAN(ScoresHeldOut, ObjectiveBase):
         d, aug = self.nets[f"D_{domain}"], self.augs[domain]
         fake = self.pools[domain].query(self._fakes[domain])
         pred_real, r1 = judge_real(d, aug, batch[domain], self.cfg.r1_gamma)
-        loss = 0.5 * (self.gan(pred_real, True) + self.gan(d(aug(fake)), False))
+        loss = 0.5 * sum(self.gan.judge(pred_real, d(aug(fake))))
         if r1 is None:
             return loss, {f"D_{domain}": loss.detach()}
         return loss + r1, {f"D_{domain}": loss.detach(), f"r1_{domain}": r1.detach()}

@@ -170,6 +170,13 @@ class EyeInpainting(ObjectiveBase):
         local = self.nets["D_local"](eye_crops(image, boxes, self.cfg.local_hw))
         return whole, local
 
+    def _judge_real(self, batch: dict[str, torch.Tensor]) -> tuple[Any, Any]:
+        """Both judges' logits on the real faces, for a relativistic generator loss; else (None, None)."""
+        if not self.gan.relativistic:
+            return None, None
+        with torch.no_grad():  # constants to the generator
+            return self._judge(batch["face"], _exemplar(batch), batch["boxes"])
+
     def loss(self, phase: str, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Losses]:
         return self._loss_g(batch) if phase == "G" else self._loss_d(batch)
 
@@ -178,12 +185,13 @@ class EyeInpainting(ObjectiveBase):
         face, mask = batch["face"], batch["mask"]
         raw, comp = self._generate(batch)
         whole, local = self._judge(comp, _exemplar(batch), batch["boxes"])
+        real_whole, real_local = self._judge_real(batch)
         # Per masked pixel, so the hole term's weight does not depend on how big the boxes are.
         area = (mask.float().sum() * face.shape[1]).clamp_min(1.0)
         hole = ((raw.float() - face.float()).abs() * mask.float()).sum() / area
         terms: Losses = {
-            "G_global": self.gan(whole, True, for_d=False) * c.lambda_adv,
-            "G_local": self.gan(local, True, for_d=False) * c.lambda_adv,
+            "G_global": self.gan.fool(whole, real_whole) * c.lambda_adv,
+            "G_local": self.gan.fool(local, real_local) * c.lambda_adv,
             "hole": hole * c.lambda_hole,
             # On the raw output, not the composite (which equals the face outside the mask): it
             # keeps G's whole image close to the face, so its in-painted edges meet the surround.
@@ -206,8 +214,8 @@ class EyeInpainting(ObjectiveBase):
         real_whole, fake_whole = whole[:n], whole[n:]
         real_local, fake_local = local[: 2 * n], local[2 * n:]  # two eyes per face
         terms: Losses = {
-            "D_global": 0.5 * (self.gan(real_whole, True) + self.gan(fake_whole, False)),
-            "D_local": 0.5 * (self.gan(real_local, True) + self.gan(fake_local, False)),
+            "D_global": 0.5 * sum(self.gan.judge(real_whole, fake_whole)),
+            "D_local": 0.5 * sum(self.gan.judge(real_local, fake_local)),
         }
         self._fake = None  # one step's fakes are never judged again
         total = terms["D_global"] + terms["D_local"]

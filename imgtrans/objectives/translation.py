@@ -14,7 +14,7 @@ from imgtrans.errors import UserError
 from imgtrans.nn.diffaug import parse_policy
 from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
-from imgtrans.nn.losses import r1_penalty
+from imgtrans.nn.losses import GANLoss, r1_penalty
 from imgtrans.train.objective import Phase
 
 
@@ -112,6 +112,15 @@ def judge_real(d: nn.Module, aug: nn.Module, real: torch.Tensor, r1_gamma: float
     real = real.detach().requires_grad_(True)
     pred = d(aug(real))
     return pred, r1_penalty(pred, real) * (r1_gamma / 2)
+
+
+def real_logits(gan: GANLoss, d: nn.Module, aug: nn.Module, real: torch.Tensor) -> Any:
+    """A discriminator's logits on real images for the generator's relativistic loss (without a
+    graph: they are constants to the generator); None in modes that judge fakes alone."""
+    if not gan.relativistic:
+        return None
+    with torch.no_grad():
+        return d(aug(real))
 
 
 class ScoresHeldOut:
