@@ -45,8 +45,9 @@ class GANLoss(nn.Module):
 
     def fool(self, pred_fake: Logits, pred_real: Logits | None = None) -> torch.Tensor:
         """The generator's adversarial term. A relativistic mode also needs `pred_real` (taken as
-        constants: reals do not depend on the generator) and averages its two mirrored terms, so the
-        adversarial weight keeps the scale it has beside the L1 terms in the other modes."""
+        constants: reals do not depend on the generator) and averages its two mirrored terms where
+        the paper sums them, so each weighs half as much as the other modes' single term. Its values
+        still run larger (up to 4 against a perfect judge), so it pushes harder at the same weight."""
         if not self.relativistic:
             return self(pred_fake, True, for_d=False)
         if pred_real is None:
