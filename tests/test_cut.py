@@ -144,6 +144,27 @@ def test_relativistic_gan_terms_in_cut() -> None:
     assert d_terms["D_fake"].item() == pytest.approx(0.5 * on_fake.item(), rel=1e-5)
 
 
+def test_feature_matching_term_in_cut() -> None:
+    """With `lambda_fm` G gains G_FM: lambda_fm x feature_matching of D_B's hidden features of the
+    translation against those of the real B images; G_GAN is unchanged."""
+    from imgtrans.nn import GANLoss
+    from imgtrans.nn.losses import feature_matching
+
+    torch.manual_seed(0)
+    cut = CUT(CUTConfig(ngf=8, ndf=8, n_blocks=2, n_layers_d=2, nce_layers=LAYERS, f_width=16,
+                        crop_size=32, lambda_fm=2.0, nce_idt=False, flip_equivariance=False))
+    gen = torch.Generator().manual_seed(0)
+    batch = {k: torch.rand(1, 3, 32, 32, generator=gen) * 2 - 1 for k in ("A", "B")}
+    total, g_terms = cut.loss("G", batch)
+    n = cut.networks()
+    with torch.no_grad():
+        pred, fake = n["D_B"](n["G_AB"](batch["A"]), features=True)
+        want = 2.0 * feature_matching(fake, n["D_B"](batch["B"], features=True)[1])
+    assert want.item() > 0 and g_terms["G_FM"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert g_terms["G_GAN"].item() == pytest.approx(GANLoss("lsgan")(pred, True).item(), rel=1e-5)
+    assert total.item() == pytest.approx(sum(v.item() for v in g_terms.values()), rel=1e-5)
+
+
 def test_r1_penalty_joins_the_judges_loss_in_cut() -> None:
     """With `r1_gamma` D_B's loss gains gamma / 2 * R1 on the real B images, and its gradient."""
     from imgtrans.nn.losses import r1_penalty

@@ -92,9 +92,11 @@ def test_two_processes_resume(domains: tuple[Path, Path], tmp_path: Path) -> Non
 
 
 def test_two_processes_train_with_the_r1_penalty(domains: tuple[Path, Path], tmp_path: Path) -> None:
-    """The R1 penalty's double backward runs under DDP and keeps the two ranks identical."""
-    run_dir = train_two_processes(domains, {**SETTINGS, "train.steps": 2, "model.r1_gamma": 10.0}, tmp_path)
+    """The R1 penalty's double backward runs under DDP and keeps the two ranks identical; so does
+    feature matching, whose `features=True` must pass through the DDP wrapper to the judges."""
+    settings = {**SETTINGS, "train.steps": 2, "model.r1_gamma": 10.0, "model.lambda_fm": 1.0}
+    run_dir = train_two_processes(domains, settings, tmp_path)
     ddp = load_checkpoint(latest_checkpoint(run_dir))
     assert ddp["step"] == 2 and ddp["ranks"][0]["fingerprint"] == ddp["ranks"][1]["fingerprint"]
     stats = [json.loads(x) for x in (run_dir / "stats.jsonl").read_text().splitlines()]
-    assert all(s["loss/r1_A"] > 0 and s["loss/r1_B"] > 0 for s in stats)
+    assert all(s["loss/r1_A"] > 0 and s["loss/r1_B"] > 0 and s["loss/fm_AB"] > 0 for s in stats)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weights
-from imgtrans.nn.losses import l1, r1_penalty
+from imgtrans.nn.losses import feature_matching, l1, r1_penalty
 
 KEYS = Path(__file__).resolve().parents[1] / "tests" / "official_resnet9_keys.txt"
 
@@ -115,6 +115,45 @@ def test_single_scale_patchgan_keeps_the_reference_keys_and_output() -> None:
     assert isinstance(one(torch.zeros(1, 3, 32, 32)), torch.Tensor)
     with pytest.raises(ValueError, match="scales"):
         PatchDiscriminator(ndf=8, scales=0)
+
+
+@pytest.mark.parametrize("scales", [1, 2])
+def test_patchgan_features_are_its_hidden_convs_before_their_norms(scales: int) -> None:
+    """`features=True` returns the same logits plus every hidden conv's output (not the logit
+    conv's), taken before the norm, each scale's in turn, finest first."""
+    torch.manual_seed(0)
+    d = init_weights(PatchDiscriminator(ndf=8, n_layers=2, scales=scales))
+    x = torch.randn(2, 3, 32, 32)
+    logits, hidden = d(x, features=True)
+    plain = d(x)
+    for got, want in zip(logits if scales > 1 else [logits], plain if scales > 1 else [plain], strict=True):
+        assert torch.equal(got, want)
+    assert [h.shape[1:] for h in hidden] == [(8, 16, 16), (16, 8, 8), (32, 7, 7)] + (
+        [(8, 8, 8), (16, 4, 4), (32, 3, 3)] if scales > 1 else [])
+    assert torch.equal(hidden[0], d.model[0](x))  # the first conv, before its LeakyReLU
+    before_norm = d.model[2](torch.nn.functional.leaky_relu(hidden[0], 0.2))
+    assert torch.allclose(hidden[1], before_norm, atol=1e-6)
+    assert hidden[1].mean((2, 3)).abs().max() > 1e-3  # not instance-normalized (that would be ~0)
+
+
+def test_feature_matching_compares_channel_statistics_in_units_of_the_reals_spread() -> None:
+    """Per layer: mean over channels of |mean gap| + |std gap| over batch and positions, divided by
+    the reals' mean std; the layers averaged. Only the fakes get a gradient."""
+    real = torch.tensor([[[[0.0, 2.0], [0.0, 2.0]]], [[[0.0, 2.0], [0.0, 2.0]]]])  # mean 1, std 1
+    fake = torch.full((2, 1, 2, 2), 3.0, requires_grad=True)  # mean 3, std 0
+    wide = torch.stack([real[:, 0] * 2, real[:, 0] * 2], 1)  # 2 channels, mean 2, std 2
+    wide_fake = torch.zeros(2, 2, 2, 2)  # mean 0, std 0
+    got = feature_matching([fake, wide_fake], [real, wide])
+    # layer 1: (|3-1| + |0-1|) / 1 = 3; layer 2: (|0-2| + |0-2|) / 2 = 2
+    assert got.item() == pytest.approx((3.0 + 2.0) / 2, abs=1e-4)
+    assert feature_matching([real.clone()], [real]).item() == pytest.approx(0.0, abs=1e-4)
+    got.backward()
+    assert fake.grad is not None and torch.isfinite(fake.grad).all() and fake.grad.abs().sum() > 0
+    real_g = real.clone().requires_grad_(True)
+    feature_matching([fake.detach() * 1.0], [real_g])
+    assert real_g.grad is None
+    with pytest.raises(ValueError, match="same non-empty list"):
+        feature_matching([fake], [real, real])
 
 
 @pytest.mark.parametrize("mode", ["lsgan", "vanilla", "hinge"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -62,6 +63,9 @@ class PatchDiscriminator(nn.Module):
 
     Returns a map of logits, or with `scales` > 1 a list of maps, finest first (`GANLoss` takes
     either). `model` is the finest scale, so single-scale state dicts keep the reference keys.
+    With `features=True` it returns (logits, hidden), `hidden` being every hidden conv's output,
+    before its norm and activation, finest scale first (for `feature_matching`). It is a forward
+    argument, not a method, so a DistributedDataParallel wrapper passes it through.
     """
 
     def __init__(self, arch: PatchArch | None = None, **kwargs: object) -> None:
@@ -70,12 +74,27 @@ class PatchDiscriminator(nn.Module):
         self.model = _patch_stack(self.arch)
         self.coarser = nn.ModuleList(_patch_stack(self.arch) for _ in range(self.arch.scales - 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        out = self.model(x)
-        if not len(self.coarser):
-            return out
-        outs = [out]
+    def forward(self, x: torch.Tensor, features: bool = False) -> Any:
+        hidden: list[torch.Tensor] | None = [] if features else None
+        outs = [_run(self.model, x, hidden)]
         for net in self.coarser:
             x = halve(x)
-            outs.append(net(x))
-        return outs
+            outs.append(_run(net, x, hidden))
+        logits = outs if len(outs) > 1 else outs[0]
+        return (logits, hidden) if features else logits
+
+
+def _run(stack: nn.Sequential, x: torch.Tensor, hidden: list[torch.Tensor] | None) -> torch.Tensor:
+    """One PatchGAN stack; with a `hidden` list, collects its hidden convs' outputs on the way."""
+    if hidden is None:
+        return stack(x)
+    last = len(stack) - 1  # the logit conv, not a feature
+    for i, layer in enumerate(stack):
+        if isinstance(layer, nn.LeakyReLU):
+            # Out of place: the stack's in-place activation would overwrite a collected conv output.
+            x = F.leaky_relu(x, layer.negative_slope)
+        else:
+            x = layer(x)
+        if i < last and isinstance(layer, nn.Conv2d):
+            hidden.append(x)
+    return x

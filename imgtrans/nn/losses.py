@@ -1,4 +1,4 @@
-"""Adversarial losses (lsgan | vanilla | hinge | ralsgan), the R1 gradient penalty and the reconstruction loss."""
+"""Adversarial losses (lsgan | vanilla | hinge | ralsgan), feature matching, the R1 gradient penalty and the reconstruction loss."""
 
 from __future__ import annotations
 
@@ -87,6 +87,31 @@ class GANLoss(nn.Module):
 def l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Mean absolute error in float32."""
     return F.l1_loss(a.float(), b.float())
+
+
+def feature_matching(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """Feature matching for unpaired images: per hidden discriminator layer, how far the fakes'
+    per-channel mean and standard deviation (over the batch and all positions) lie from the reals',
+    in units of the reals' mean standard deviation; the mean over layers.
+
+    Salimans et al. (2016) match a layer's mean feature over a batch; pix2pixHD matches the features
+    of paired images position by position, which unpaired images do not allow. Statistics pooled
+    over positions need no pairing, and the standard deviation carries texture (a zebra's stripes
+    raise it on a horse) that a mean alone averages away. Dividing by the reals' spread puts
+    layers of different magnitude on one scale. `real` is taken as constants.
+    """
+    if len(fake) != len(real) or not fake:
+        raise ValueError(f"feature matching needs the same non-empty list of layers on both sides "
+                         f"(got {len(fake)} and {len(real)})")
+    terms = []
+    for f, r in zip(fake, real):
+        f_var, f_mean = torch.var_mean(f.float(), dim=(0, 2, 3), correction=0)
+        r_var, r_mean = torch.var_mean(r.detach().float(), dim=(0, 2, 3), correction=0)
+        # eps inside the root: a constant channel (var 0) would give an infinite gradient.
+        f_std, r_std = (f_var + 1e-8).sqrt(), (r_var + 1e-8).sqrt()
+        gap = (f_mean - r_mean).abs() + (f_std - r_std).abs()
+        terms.append(gap.mean() / (r_std.mean() + 1e-6))
+    return torch.stack(terms).mean()
 
 
 def r1_penalty(pred: Logits, images: torch.Tensor) -> torch.Tensor:

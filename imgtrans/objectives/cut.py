@@ -26,7 +26,7 @@ from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weigh
 from imgtrans.nn.diffaug import DiffAugment
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.patchnce import PatchHead, patch_nce, sample_patch_ids
-from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig, judge_real, real_logits
+from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig, fool_terms, judge_real
 from imgtrans.train.objective import Losses, ObjectiveBase, Phase
 
 # What fast=true writes into the config (FastCUT, paper section 4). FastCUT also trains 150 + 50
@@ -131,8 +131,10 @@ class CUT(ScoresHeldOut, ObjectiveBase):
         src = torch.cat([real_a, real_b]) if c.nce_idt else real_a
         out = n["G_AB"](src.flip(3) if flipped else src)
         fake_b = out[: len(real_a)]  # mirrored when flipped: still a domain B image for D
-        pred_real = real_logits(self.gan, n["D_B"], self.aug, real_b)
-        terms: Losses = {"G_GAN": self.gan.fool(n["D_B"](self.aug(fake_b)), pred_real) * c.lambda_gan}
+        adv, fm = fool_terms(self.gan, n["D_B"], self.aug, fake_b, real_b, c.lambda_fm)
+        terms: Losses = {"G_GAN": adv * c.lambda_gan}
+        if fm is not None:
+            terms["G_FM"] = fm
         nce_a = self._nce(real_a, fake_b, flipped)
         if c.nce_idt:
             terms["NCE"] = 0.5 * nce_a  # CUT averages the two contrastive terms

@@ -13,7 +13,7 @@ from imgtrans.nn import GANLoss, PatchDiscriminator, ResnetGenerator, init_weigh
 from imgtrans.nn.diffaug import DiffAugment
 from imgtrans.nn.generators import ResnetArch
 from imgtrans.nn.losses import l1
-from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig, judge_real, real_logits
+from imgtrans.objectives.translation import ScoresHeldOut, UnpairedGANConfig, fool_terms, judge_real
 from imgtrans.train.objective import Branch, Losses, ObjectiveBase, Phase, combine
 from imgtrans.train.pool import ImagePool
 
@@ -96,11 +96,10 @@ class CycleGAN(ScoresHeldOut, ObjectiveBase):
         forward, back = n[f"G_{src}{dst}"], n[f"G_{dst}{src}"]
         real = batch[src]
         fake = forward(real)
-        d, aug = n[f"D_{dst}"], self.augs[dst]
-        terms: Losses = {
-            f"G_{src}{dst}": self.gan.fool(d(aug(fake)), real_logits(self.gan, d, aug, batch[dst])),
-            f"cycle_{src}": l1(back(fake), real) * c.cycle_weight(src),
-        }
+        adv, fm = fool_terms(self.gan, n[f"D_{dst}"], self.augs[dst], fake, batch[dst], c.lambda_fm)
+        terms: Losses = {f"G_{src}{dst}": adv, f"cycle_{src}": l1(back(fake), real) * c.cycle_weight(src)}
+        if fm is not None:
+            terms[f"fm_{src}{dst}"] = fm
         if c.lambda_identity > 0:
             terms[f"idt_{src}"] = l1(back(real), real) * (c.lambda_cycle * c.lambda_identity)
         self._fakes[dst] = fake.detach().float()

@@ -14,7 +14,7 @@ from imgtrans.errors import UserError
 from imgtrans.nn.diffaug import parse_policy
 from imgtrans.nn.discriminators import PatchArch
 from imgtrans.nn.generators import ResnetArch
-from imgtrans.nn.losses import GANLoss, r1_penalty
+from imgtrans.nn.losses import GANLoss, feature_matching, r1_penalty
 from imgtrans.train.objective import Phase
 
 
@@ -69,6 +69,10 @@ class UnpairedGANConfig(HeldOutConfig):
     # R1 weight gamma (imgtrans.nn.losses.r1_penalty): gamma / 2 * |grad D(real)|^2 is added to each
     # judge's loss, smoothing it around the real images (StyleGAN2, R3GAN); 0: off, the reference's.
     r1_gamma: float = 0.0
+    # Weight of the generators' feature-matching term (imgtrans.nn.losses.feature_matching): their
+    # fakes' per-channel statistics in each hidden discriminator layer against a real target batch's,
+    # beside the adversarial term; 0: off, the reference's.
+    lambda_fm: float = 0.0
     lr: float = 2e-4
     # The discriminators' LR; 0: `lr`. Set apart (e.g. lr 1e-4, lr_d 4e-4) it is the two time-scale
     # update rule (Heusel et al. 2017), which lets the judges keep pace with the generators.
@@ -85,6 +89,8 @@ class UnpairedGANConfig(HeldOutConfig):
         parse_policy(self.d_augment)  # a typo fails at start, not as a silent no-op
         if self.r1_gamma < 0:
             raise UserError(f"r1_gamma must be >= 0 (got {self.r1_gamma}); 0 turns the penalty off")
+        if self.lambda_fm < 0:
+            raise UserError(f"lambda_fm must be >= 0 (got {self.lambda_fm}); 0 turns feature matching off")
 
     def gan_phases(self, generators: tuple[str, ...], discriminators: tuple[str, ...]) -> list[Phase]:
         """The generator phase, then the discriminator phase, with their learning rates and Adam betas."""
@@ -114,13 +120,25 @@ def judge_real(d: nn.Module, aug: nn.Module, real: torch.Tensor, r1_gamma: float
     return pred, r1_penalty(pred, real) * (r1_gamma / 2)
 
 
-def real_logits(gan: GANLoss, d: nn.Module, aug: nn.Module, real: torch.Tensor) -> Any:
-    """A discriminator's logits on real images for the generator's relativistic loss (without a
-    graph: they are constants to the generator); None in modes that judge fakes alone."""
-    if not gan.relativistic:
-        return None
+def fool_terms(gan: GANLoss, d: nn.Module, aug: nn.Module, fake: torch.Tensor, real: torch.Tensor,
+               lambda_fm: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The generator's adversarial term on `fake` against judge `d`, and with lambda_fm > 0 its
+    weighted feature-matching term against the real target images `real` (else None).
+
+    The judge sees `real` only when the loss needs it (a relativistic mode, feature matching) and
+    then without a graph: real images are constants to the generator.
+    """
+    if lambda_fm <= 0:
+        pred_fake, pred_real = d(aug(fake)), None
+        if gan.relativistic:
+            with torch.no_grad():
+                pred_real = d(aug(real))
+        return gan.fool(pred_fake, pred_real), None
+    pred_fake, hidden_fake = d(aug(fake), features=True)
     with torch.no_grad():
-        return d(aug(real))
+        pred_real, hidden_real = d(aug(real), features=True)
+    fm = feature_matching(hidden_fake, hidden_real) * lambda_fm
+    return gan.fool(pred_fake, pred_real if gan.relativistic else None), fm
 
 
 class ScoresHeldOut:
